@@ -1,0 +1,1 @@
+"""Command-line entry points: absl flags here, library calls everywhere else."""

@@ -1,0 +1,41 @@
+"""keraslm-export: write a trained work directory as a SavedModel in TF Serving layout.
+
+  keraslm-export --work_dir=runs/shakespeare --export_dir=saved_models/shakespeare
+"""
+
+from absl import flags
+
+from keraslm.cli.common import run_main
+from keraslm.config import ExportConfig
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    defaults = ExportConfig()
+    flags.DEFINE_string("work_dir", "", "Training work directory written by keraslm-train (required).")
+    flags.DEFINE_string("export_dir", "", "Base directory; the model goes to <export_dir>/<next version>/ (required).")
+    flags.DEFINE_integer("max_new_tokens", defaults.max_new_tokens, "Tokens serving_default generates per prompt.")
+    flags.DEFINE_float("temperature", defaults.temperature, "Sampling temperature of serving_default; 0 is greedy.")
+
+
+def main(argv):
+    del argv
+    from keraslm.errors import InvalidInputError
+    from keraslm.export import export_from_work_dir
+
+    for name in ("work_dir", "export_dir"):
+        if not FLAGS[name].value:
+            raise InvalidInputError(f"--{name} is required")
+    export_config = ExportConfig(max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature)
+    export_config.validate()
+    export_from_work_dir(FLAGS.work_dir, FLAGS.export_dir, export_config)
+
+
+def run():
+    define_flags()
+    run_main(main, "keraslm-export")
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,148 @@
+"""Raw text files -> token ids -> tf.data pipelines of (inputs, targets) windows.
+
+Reading checks everything a user can get wrong (missing path, directory, not UTF-8, empty) and
+says where. Training windows are a pure function of (seed, step), so a resumed run sees exactly
+the batches the interrupted run would have seen.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from keraslm.errors import InputNotFoundError, InvalidInputError
+from keraslm.tokenizers import text_chunks
+
+# nanoGPT's convention: without --valid_data, the last 10% of the text is held out.
+VALIDATION_FRACTION = 0.1
+
+
+def read_text_file(path, flag="--train_data"):
+    """Returns the whole file as str, or raises an error naming the flag, file and position."""
+    if not path:
+        raise InvalidInputError(f"{flag} is empty; give the path of a UTF-8 text file")
+    if not os.path.exists(path):
+        raise InputNotFoundError(f"{flag}={path}: no such file; check the path")
+    if os.path.isdir(path):
+        raise InvalidInputError(f"{flag}={path} is a directory; give a UTF-8 text file inside it")
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as error:
+        raise InvalidInputError(f"{flag}={path}: cannot read ({error.strerror})") from None
+    try:
+        # utf-8-sig drops the byte-order mark some Windows editors write.
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise InvalidInputError(
+            f"{flag}={path}: line {line}, column {column} (byte offset {error.start}): byte "
+            f"0x{data[error.start]:02x} is not valid UTF-8; convert the file to UTF-8 "
+            f"(e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+    if not text.strip():
+        raise InvalidInputError(f"{flag}={path} is empty (no text besides whitespace); give a file with text")
+    return text
+
+
+def split_for_validation(text, fraction=VALIDATION_FRACTION):
+    """Splits off the last `fraction` of the characters as validation text."""
+    split = int(len(text) * (1.0 - fraction))
+    return text[:split], text[split:]
+
+
+def tokenize_text(tokenizer, text):
+    """Tokenizes a whole text with a tf.data pipeline; returns int32 ids [N]."""
+    chunks = text_chunks(text)
+    if not chunks:
+        return np.zeros([0], np.int32)
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(chunks)
+        .batch(64)
+        .map(tokenizer.tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .map(lambda ids: ids.flat_values, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    return np.concatenate([ids.numpy() for ids in dataset])
+
+
+def check_long_enough(ids, sequence_length, what, path):
+    """A language-model window needs sequence_length + 1 tokens."""
+    if len(ids) < sequence_length + 1:
+        raise InvalidInputError(
+            f"{what} {path} has {len(ids)} tokens, fewer than --sequence_length={sequence_length} + 1; "
+            "use a longer text or a smaller --sequence_length"
+        )
+
+
+def _windows_per_epoch(num_tokens, sequence_length):
+    """Windows of length+1 with stride length; one stride of slack lets each epoch start elsewhere."""
+    count = (num_tokens - 1) // sequence_length
+    return count - 1 if count >= 2 else count
+
+
+def steps_per_epoch(num_tokens, sequence_length, batch_size):
+    return max(1, _windows_per_epoch(num_tokens, sequence_length) // batch_size)
+
+
+def language_model_dataset(ids, sequence_length, batch_size, seed, start_step=0, num_steps=None):
+    """Shuffled (inputs, targets) batches of int32 [batch_size, sequence_length].
+
+    Each epoch cuts the token stream into windows of sequence_length + 1 at a random offset and
+    shuffles them; epochs follow each other without a gap. Everything is stateless random keyed by
+    (seed, epoch), so batch number k is the same whether or not the run was interrupted before it.
+    """
+    ids = tf.constant(ids, tf.int32)
+    num_tokens = int(ids.shape[0])
+    windows = _windows_per_epoch(num_tokens, sequence_length)
+    slack = num_tokens - 1 - windows * sequence_length  # >= 0; the offset's range
+    first_window = start_step * batch_size
+    first_epoch, skip = divmod(first_window, windows)
+
+    def epoch_starts(epoch):
+        epoch_seed = tf.stack([tf.cast(seed, tf.int64), epoch])
+        offset = tf.random.stateless_uniform([], epoch_seed, 0, slack + 1, dtype=tf.int64)
+        starts = offset + sequence_length * tf.range(windows, dtype=tf.int64)
+        return tf.data.Dataset.from_tensor_slices(tf.random.experimental.stateless_shuffle(starts, epoch_seed))
+
+    dataset = (
+        tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max)
+        .flat_map(epoch_starts)
+        .skip(skip)
+        .batch(batch_size, drop_remainder=True)
+    )
+    if num_steps is not None:
+        dataset = dataset.take(num_steps)
+    return dataset.map(_window_pairs(ids, sequence_length), num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE
+    )
+
+
+def _window_pairs(ids, sequence_length):
+    """A map function: window start offsets (B,) -> (inputs, targets), each (B, sequence_length)."""
+    positions = tf.range(sequence_length + 1, dtype=tf.int64)
+
+    def gather(starts):
+        window = tf.gather(ids, starts[:, None] + positions[None, :])  # (B, S + 1)
+        return window[:, :-1], window[:, 1:]
+
+    return gather
+
+
+def evaluation_dataset(ids, sequence_length, batch_size, max_batches=0):
+    """Non-overlapping windows over the whole text, in order: every token is predicted once.
+
+    Batches are full (a ragged last batch would cost a second XLA compilation), so up to
+    batch_size - 1 windows at the end are left out.
+    """
+    ids = tf.constant(ids, tf.int32)
+    num_windows = (int(ids.shape[0]) - 1) // sequence_length
+    batch_size = min(batch_size, num_windows)
+    starts = sequence_length * tf.range(num_windows, dtype=tf.int64)
+    dataset = tf.data.Dataset.from_tensor_slices(starts).batch(batch_size, drop_remainder=True)
+    if max_batches:
+        dataset = dataset.take(max_batches)
+    return dataset.map(_window_pairs(ids, sequence_length), num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE
+    )

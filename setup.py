@@ -1,0 +1,36 @@
+"""Installs keraslm and its command-line tools.
+
+The pins are the versions this project is tested with; TensorFlow, tensorflow-text and
+keras-nlp must move together (tensorflow-text's custom ops are built against one TF release).
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="keraslm",
+    version="0.1.0",
+    description="Raw text to trained Keras language models, exported as SavedModels that take raw strings.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["keraslm", "keraslm.*"]),
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "tensorflow-text==2.21.1",
+        "keras>=3.15,<3.16",
+        "keras-nlp==0.32.0",
+        "absl-py>=2.1",
+        # TensorBoard scalars (tf.summary needs it; TF 2.21 no longer installs it).
+        "tensorboard>=2.20",
+        # Loss-curve PNG in the work directory.
+        "matplotlib>=3.8",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+    entry_points={
+        "console_scripts": [
+            "keraslm-train=keraslm.cli.train:run",
+            "keraslm-export=keraslm.cli.export:run",
+            "keraslm-generate=keraslm.cli.generate:run",
+        ]
+    },
+)

@@ -1,0 +1,112 @@
+"""Every tokenizer is trained on the user's text, round-trips it, and works inside tf.data."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keraslm.config import TokenizerConfig
+from keraslm.errors import InvalidInputError
+from keraslm.tokenizers import PAD_ID, UNK_ID, load_tokenizer, train_tokenizer
+
+from conftest import CHINESE_SENTENCE, ENGLISH_SAMPLE
+
+KINDS = ["char", "byte", "wordpiece", "sentencepiece"]
+
+
+@pytest.fixture(scope="module")
+def tokenizers(corpora, tmp_path_factory):
+    text = corpora["mixed"].read_text(encoding="utf-8")
+    root = tmp_path_factory.mktemp("tokenizers")
+    tokenizers = {
+        kind: train_tokenizer(TokenizerConfig(tokenizer=kind, vocabulary_size=1500), text, str(root / kind))
+        for kind in KINDS
+    }
+    for kind, tokenizer in tokenizers.items():
+        tokenizer.directory = str(root / kind)
+    return tokenizers
+
+
+def _round_trip(tokenizer, texts):
+    ids = tokenizer.tokenize(tf.constant(texts))
+    return [text.decode("utf-8") for text in tokenizer.detokenize(ids).numpy()], ids
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_round_trips_english_and_chinese(tokenizers, kind):
+    texts = [ENGLISH_SAMPLE, CHINESE_SENTENCE, "  leading spaces and a tab\there\n\n"]
+    if kind in ("char", "wordpiece"):
+        texts[2] = "  leading spaces\n\n"  # No tab in the training text, so it would be [UNK].
+    decoded, ids = _round_trip(tokenizers[kind], texts)
+    assert decoded == texts
+    # Nothing decodes to padding or unknown on text made of seen characters.
+    flat = ids.flat_values.numpy()
+    assert not np.isin(flat, [PAD_ID, UNK_ID]).any()
+    assert flat.max() < tokenizers[kind].vocabulary_size
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_dense_padded_ids_detokenize_like_ragged(tokenizers, kind):
+    ragged = tokenizers[kind].tokenize(tf.constant([CHINESE_SENTENCE, "Speak."]))
+    dense = ragged.to_tensor(default_value=PAD_ID)
+    assert tokenizers[kind].detokenize(dense).numpy().tolist() == tokenizers[kind].detokenize(ragged).numpy().tolist()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reloaded_tokenizer_gives_the_same_ids(tokenizers, kind):
+    tokenizer = tokenizers[kind]
+    reloaded = load_tokenizer(tokenizer.directory)
+    assert type(reloaded) is type(tokenizer) and reloaded.vocabulary_size == tokenizer.vocabulary_size
+    text = tf.constant([ENGLISH_SAMPLE + CHINESE_SENTENCE])
+    assert reloaded.tokenize(text).to_list() == tokenizer.tokenize(text).to_list()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tokenizes_inside_tf_data(tokenizers, kind):
+    dataset = tf.data.Dataset.from_tensor_slices([ENGLISH_SAMPLE, CHINESE_SENTENCE]).batch(2)
+    dataset = dataset.map(tokenizers[kind].tokenize, num_parallel_calls=tf.data.AUTOTUNE)
+    (ids,) = list(dataset)
+    assert ids.to_list() == tokenizers[kind].tokenize(tf.constant([ENGLISH_SAMPLE, CHINESE_SENTENCE])).to_list()
+
+
+def test_char_vocabulary_is_the_characters_of_the_corpus(tmp_path):
+    tokenizer = train_tokenizer(TokenizerConfig("char"), "abca\nb今今", str(tmp_path / "tok"))
+    # [PAD], [UNK], then the distinct characters: \n a b c 今
+    assert tokenizer.vocabulary_size == 2 + 5
+    ids = tokenizer.tokenize(tf.constant(["a今z"])).to_list()[0]
+    assert ids[2] == UNK_ID and len(set(ids)) == 3
+    assert tokenizer.detokenize(tf.constant([ids])).numpy()[0].decode() == "a今\ufffd"
+
+
+def test_vocabulary_size_caps_trained_vocabularies(corpora, tmp_path):
+    text = corpora["mixed"].read_text(encoding="utf-8")
+    char = train_tokenizer(TokenizerConfig("char", vocabulary_size=30), text, str(tmp_path / "char"))
+    assert char.vocabulary_size == 30
+    wordpiece = train_tokenizer(TokenizerConfig("wordpiece", vocabulary_size=1000), text, str(tmp_path / "wp"))
+    assert wordpiece.vocabulary_size == 1000
+    wordpiece = train_tokenizer(TokenizerConfig("wordpiece", vocabulary_size=2500), text, str(tmp_path / "wp2"))
+    assert wordpiece.vocabulary_size <= 2500
+    sentencepiece = train_tokenizer(TokenizerConfig("sentencepiece", vocabulary_size=1200), text, str(tmp_path / "sp"))
+    assert sentencepiece.vocabulary_size <= 1200
+    # Subwords make English shorter than characters do.
+    english = tf.constant([ENGLISH_SAMPLE])
+    assert sentencepiece.tokenize(english).flat_values.shape[0] < len(ENGLISH_SAMPLE)
+    assert wordpiece.tokenize(english).flat_values.shape[0] < len(ENGLISH_SAMPLE)
+
+
+def test_byte_tokenizer_needs_no_training(tmp_path):
+    tokenizer = train_tokenizer(TokenizerConfig("byte"), "anything", str(tmp_path / "byte"))
+    assert tokenizer.vocabulary_size == 258
+    assert tokenizer.tokenize(tf.constant(["今"])).flat_values.shape[0] == 3  # three UTF-8 bytes
+    assert json.loads((tmp_path / "byte" / "tokenizer.json").read_text())["tokenizer"] == "byte"
+
+
+def test_sentencepiece_vocabulary_too_small_for_the_characters_is_a_clear_error(corpora, tmp_path):
+    text = corpora["chinese"].read_text(encoding="utf-8")
+    with pytest.raises(InvalidInputError, match="--vocabulary_size=50"):
+        train_tokenizer(TokenizerConfig("sentencepiece", vocabulary_size=50), text, str(tmp_path / "sp"))
+    assert not (tmp_path / "sp").exists()
+    with pytest.raises(InvalidInputError, match="--vocabulary_size=50 cannot hold"):
+        train_tokenizer(TokenizerConfig("wordpiece", vocabulary_size=50), text, str(tmp_path / "wp"))
+    assert not (tmp_path / "wp").exists()
