@@ -224,7 +224,6 @@ def train(config: RunConfig, work_dir, verbose=True):
         step = int(model.optimizer.iterations)
         train_loss = float(history.history["loss"][-1])
         val_loss = float(model.evaluate(eval_dataset, verbose=0, return_dict=True)["loss"])
-        manager.save(checkpoint_number=step)
         record = {
             "step": step,
             "train_loss": train_loss,
@@ -234,7 +233,10 @@ def train(config: RunConfig, work_dir, verbose=True):
             "tokens_per_second": segment_steps * train.batch_size * config.model.sequence_length / segment_seconds,
             "elapsed_seconds": time.perf_counter() - started,
         }
+        # Metrics first, checkpoint second: a crash between the two resumes from the previous
+        # checkpoint, and RunLog forgets the record that is about to be measured again.
         log.add(record)
+        manager.save(checkpoint_number=step)
         if verbose:
             progbar.update(step, [("loss", train_loss)], finalize=step >= train.train_steps)
             print(
