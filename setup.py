@@ -31,6 +31,7 @@ setup(
             "keraslm-train=keraslm.cli.train:run",
             "keraslm-export=keraslm.cli.export:run",
             "keraslm-generate=keraslm.cli.generate:run",
+            "keraslm-evaluate=keraslm.cli.evaluate:run",
         ]
     },
 )

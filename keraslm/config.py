@@ -149,6 +149,9 @@ class ExportConfig:
     temperature: float = 0.8
     # The largest max_new_tokens a request may ask for.
     max_new_tokens_limit: int = 4096
+    # Incremental decoding (Transformer key/value cache, LSTM state). False re-runs the model over
+    # the context at every step: exact and slow, kept to measure the cache against.
+    kv_cache: bool = True
 
     def validate(self):
         if not 1 <= self.max_new_tokens <= self.max_new_tokens_limit:
@@ -224,16 +227,15 @@ def load_run_config(path):
     return RunConfig.from_dict(data, source=path)
 
 
-def config_differences(old, new, sections=("task", "tokenizer", "model")):
-    """Lists 'section.field: old -> new' for fields that differ in the given sections."""
+def config_differences(old, new):
+    """'--flag: old -> new' for every setting a checkpoint depends on that differs.
+
+    The model and tokenizer define the variables; the mixed-precision policy changes the
+    optimizer's (a loss-scale wrapper). Other training settings may change between runs.
+    """
     old_dict, new_dict = old.to_dict(), new.to_dict()
-    differences = []
-    for section in sections:
-        old_value, new_value = old_dict[section], new_dict[section]
-        if isinstance(old_value, dict):
-            for key in old_value:
-                if old_value[key] != new_value.get(key):
-                    differences.append(f"--{key}: {old_value[key]!r} -> {new_value.get(key)!r}")
-        elif old_value != new_value:
-            differences.append(f"--{section}: {old_value!r} -> {new_value!r}")
-    return differences
+    pairs = [("task", old_dict["task"], new_dict["task"])]
+    for section in ("tokenizer", "model"):
+        pairs += [(key, value, new_dict[section].get(key)) for key, value in old_dict[section].items()]
+    pairs.append(("mixed_precision", old_dict["train"]["mixed_precision"], new_dict["train"]["mixed_precision"]))
+    return [f"--{key}: {old_value!r} -> {new_value!r}" for key, old_value, new_value in pairs if old_value != new_value]

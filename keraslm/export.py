@@ -1,12 +1,17 @@
 """Writes a trained language model and its tokenizer as a SavedModel in TF Serving layout.
 
 <export_dir>/<version>/ holds saved_model.pb, the weights, and as assets the tokenizer vocabulary
-and config.json. Loading it needs TensorFlow and tensorflow-text only. Signatures:
+and config.json. Loading it needs TensorFlow and tensorflow-text only. Signatures, every input
+batched with one value per row:
 
-  serving_default: prompt (string [B]) -> text (string [B]), the continuation, with the export's
+  serving_default: prompt (string) -> text (string), the continuation, with the export's
                    default max_new_tokens and temperature.
-  generate:        prompt (string [B]), max_new_tokens (int32 [B]), temperature (float32 [B],
-                   0 = greedy), seed (int64 [B]) -> text (string [B]), num_tokens (int32 [B]).
+  generate:        prompt (string), max_new_tokens (int32), temperature (float32, 0 = greedy),
+                   top_k (int32, 0 = off), top_p (float32, 1 = off), repetition_penalty
+                   (float32, 1 = off), seed (int64), stop (string, "" = none)
+                   -> text (string, cut before the stop string), num_tokens (int32).
+  score:           text (string) -> log_likelihood (float32, natural log, summed over the
+                   predicted tokens), num_tokens (int32); perplexity = exp(-ll / n).
 """
 
 import dataclasses
@@ -19,20 +24,27 @@ import types
 import tensorflow as tf
 
 from keraslm.config import ExportConfig, write_json_atomic
-from keraslm.generation import generate_tokens
+from keraslm.errors import InvalidInputError
+from keraslm.generation import Controls, cut_at_stop, generate_tokens, mask_special_tokens, validate_controls
 from keraslm.models import make_stepper
+from keraslm.scoring import score_token_ids, score_windows
+from keraslm.tokenizers import PAD_ID
 from keraslm.training import load_trained_model
 
 CONFIG_ASSET = "config.json"
 
 
-_PROMPT_SPEC = tf.TensorSpec([None], tf.string, name="prompt")
-_GENERATE_SIGNATURE = [
-    _PROMPT_SPEC,
-    tf.TensorSpec([None], tf.int32, name="max_new_tokens"),
-    tf.TensorSpec([None], tf.float32, name="temperature"),
-    tf.TensorSpec([None], tf.int64, name="seed"),
-]
+_STRINGS = tf.TensorSpec([None], tf.string)
+_GENERATE_SIGNATURE = {
+    "prompt": tf.TensorSpec([None], tf.string, name="prompt"),
+    "max_new_tokens": tf.TensorSpec([None], tf.int32, name="max_new_tokens"),
+    "temperature": tf.TensorSpec([None], tf.float32, name="temperature"),
+    "top_k": tf.TensorSpec([None], tf.int32, name="top_k"),
+    "top_p": tf.TensorSpec([None], tf.float32, name="top_p"),
+    "repetition_penalty": tf.TensorSpec([None], tf.float32, name="repetition_penalty"),
+    "seed": tf.TensorSpec([None], tf.int64, name="seed"),
+    "stop": tf.TensorSpec([None], tf.string, name="stop"),
+}
 
 
 class LanguageModelServer(tf.Module):
@@ -40,6 +52,9 @@ class LanguageModelServer(tf.Module):
 
     Only the model's variables are tracked, not the Keras model object (as keras.export does):
     the SavedModel then holds plain TF functions and variables and loads without Keras.
+
+    Signatures (for TF Serving): serving_default, generate, score. Functions for the Python API
+    (tf.saved_model.load only): tokenize, detokenize, next_token_logits, score_windows.
     """
 
     def __init__(self, model, tokenizer, run_config, export_config, config_path):
@@ -48,48 +63,94 @@ class LanguageModelServer(tf.Module):
         self.config_file = tf.saved_model.Asset(config_path)
         self.model_variables = list(model.variables)
         # A SimpleNamespace is not trackable, so the Keras objects stay out of the SavedModel.
-        self._keras = types.SimpleNamespace(stepper=make_stepper(model, run_config.model))
+        self._keras = types.SimpleNamespace(
+            model=model,
+            stepper=make_stepper(model, run_config.model, kv_cache=export_config.kv_cache),
+            recompute=make_stepper(model, run_config.model, kv_cache=False),
+        )
+        self._sequence_length = run_config.model.sequence_length
         self._export_config = export_config
-        self.generate = tf.function(self._generate, input_signature=_GENERATE_SIGNATURE, autograph=False)
-        self.serving_default = tf.function(self._serving_default, input_signature=[_PROMPT_SPEC], autograph=False)
+        function = lambda python_function, *signature: tf.function(  # noqa: E731
+            python_function, input_signature=list(signature), autograph=False
+        )
+        self.generate = tf.function(self._generate, input_signature=[_GENERATE_SIGNATURE], autograph=False)
+        self.serving_default = function(self._serving_default, tf.TensorSpec([None], tf.string, name="prompt"))
+        self.score = function(self._score, tf.TensorSpec([None], tf.string, name="text"))
+        self.tokenize = function(self._tokenize, _STRINGS)
+        self.detokenize = function(self._detokenize, tf.TensorSpec([None, None], tf.int32))
+        self.next_token_logits = function(
+            self._next_token_logits, tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)
+        )
+        self.score_windows = function(
+            self._score_windows, tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)
+        )
 
     def signatures(self):
         return {
             "serving_default": self.serving_default.get_concrete_function(),
             "generate": self.generate.get_concrete_function(),
+            "score": self.score.get_concrete_function(),
         }
 
-    def _generate(self, prompt, max_new_tokens, temperature, seed):
-        limit = self._export_config.max_new_tokens_limit
-        checks = [
-            tf.debugging.assert_equal(tf.size(max_new_tokens), tf.size(prompt), message="max_new_tokens must have one value per prompt"),
-            tf.debugging.assert_equal(tf.size(temperature), tf.size(prompt), message="temperature must have one value per prompt"),
-            tf.debugging.assert_equal(tf.size(seed), tf.size(prompt), message="seed must have one value per prompt"),
-            tf.debugging.assert_greater_equal(max_new_tokens, 1, message="max_new_tokens must be at least 1"),
-            tf.debugging.assert_less_equal(max_new_tokens, limit, message=f"max_new_tokens must be at most {limit}"),
-            tf.debugging.assert_greater_equal(temperature, 0.0, message="temperature must be >= 0 (0 = greedy)"),
-        ]
+    # === Signatures ===
+
+    def _generate(self, inputs):
+        controls = Controls(**{name: inputs[name] for name in Controls._fields})
+        prompt = inputs["prompt"]
+        checks = validate_controls(controls, tf.size(prompt), self._export_config.max_new_tokens_limit)
         with tf.control_dependencies(checks):
             # An empty prompt starts from a line break, as nanoGPT's sampler does.
             prompt = tf.where(tf.strings.length(prompt) > 0, prompt, "\n")
-        prompt_ids = self.tokenizer.tokenize(prompt)
-        new_ids = generate_tokens(self._keras.stepper, prompt_ids, max_new_tokens, temperature, seed)
-        text = self.tokenizer.detokenize(new_ids)
+        new_ids, num_tokens = generate_tokens(
+            self._keras.stepper, self.tokenizer.tokenize(prompt), controls, self.tokenizer.detokenize
+        )
+        text = cut_at_stop(self.tokenizer.detokenize(new_ids), controls.stop)
         # Byte-level and subword models can stop inside a multi-byte character; serving clients
         # (JSON over REST) need valid UTF-8.
         text = tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace")
-        return {"text": text, "num_tokens": tf.cast(new_ids.row_lengths(), tf.int32)}
+        return {"text": text, "num_tokens": num_tokens}
 
     def _serving_default(self, prompt):
         batch_size = tf.shape(prompt)[0]
+        defaults = self._export_config
         outputs = self._generate(
-            prompt,
-            tf.fill([batch_size], self._export_config.max_new_tokens),
-            tf.fill([batch_size], float(self._export_config.temperature)),
-            # Fresh randomness per request; `generate` with a seed is the reproducible path.
-            tf.random.uniform([batch_size], maxval=tf.int64.max, dtype=tf.int64),
+            {
+                "prompt": prompt,
+                "max_new_tokens": tf.fill([batch_size], defaults.max_new_tokens),
+                "temperature": tf.fill([batch_size], float(defaults.temperature)),
+                "top_k": tf.zeros([batch_size], tf.int32),
+                "top_p": tf.ones([batch_size], tf.float32),
+                "repetition_penalty": tf.ones([batch_size], tf.float32),
+                # Fresh randomness per request; `generate` with a seed is the reproducible path.
+                "seed": tf.random.uniform([batch_size], maxval=tf.int64.max, dtype=tf.int64),
+                "stop": tf.fill([batch_size], ""),
+            }
         )
         return {"text": outputs["text"]}
+
+    def _score(self, text):
+        log_likelihood, num_tokens = score_token_ids(
+            self._keras.model, self.tokenizer.tokenize(text), self._sequence_length
+        )
+        return {"log_likelihood": log_likelihood, "num_tokens": num_tokens}
+
+    # === Functions for the Python API ===
+
+    def _tokenize(self, text):
+        ids = self.tokenizer.tokenize(text)
+        return {"token_ids": ids.to_tensor(default_value=PAD_ID), "lengths": tf.cast(ids.row_lengths(), tf.int32)}
+
+    def _detokenize(self, token_ids):
+        return self.tokenizer.detokenize(token_ids)
+
+    def _next_token_logits(self, token_ids, position):
+        """Logits (B, V) for `position` given token_ids[:, :position] ([PAD] and [UNK] masked)."""
+        logits, _ = self._keras.recompute.step((), token_ids, position)
+        return mask_special_tokens(tf.cast(logits, tf.float32))
+
+    def _score_windows(self, windows, lengths):
+        log_likelihood, num_tokens = score_windows(self._keras.model, windows, lengths)
+        return {"log_likelihood": log_likelihood, "num_tokens": num_tokens}
 
 
 def next_version(export_dir):
@@ -106,6 +167,8 @@ def export_language_model(model, tokenizer, run_config, export_dir, export_confi
     """
     export_config = export_config or ExportConfig()
     export_config.validate()
+    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+        raise InvalidInputError(f"--export_dir={export_dir} is a file, not a directory; pick another --export_dir")
     os.makedirs(export_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".tmp-export-", dir=export_dir)
     try:
@@ -133,7 +196,7 @@ def export_language_model(model, tokenizer, run_config, export_dir, export_confi
 
 def export_from_work_dir(work_dir, export_dir, export_config=None, verbose=True):
     """Exports the latest checkpoint of a training work directory."""
-    run_config, model, tokenizer = load_trained_model(work_dir)
+    run_config, model, tokenizer = load_trained_model(work_dir, use_cudnn=False)
     return export_language_model(model, tokenizer, run_config, export_dir, export_config, verbose)
 
 

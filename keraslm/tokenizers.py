@@ -46,7 +46,12 @@ _LINE_BREAK_ESCAPES = (("\n", "\ue00a"), ("\r", "\ue00d"))
 # kept as tokens so detokenizing is a plain concatenation.
 _WORD_BOUNDARY = r"\s+|[\p{P}\p{S}]|\p{Han}"
 _WORDPIECE_SUFFIX = "##"
-_WORDPIECE_MAX_BYTES_PER_WORD = 100
+# Words longer than this many bytes would become one [UNK]; runs of spaces or line breaks,
+# URLs and unspaced scripts (Thai, kana) reach 100 bytes easily, so the cap is far out of the way.
+_WORDPIECE_MAX_BYTES_PER_WORD = 1 << 20
+# sentencepiece skips training sentences over max_sentence_length bytes (4192 by default):
+# long lines are cut into pieces of at most this many characters (4 bytes each at most).
+_SENTENCEPIECE_MAX_CHARS = 1024
 
 
 def _escape(strings):
@@ -98,9 +103,10 @@ class _VocabularyFileTokenizer(Tokenizer):
 
     def __init__(self, directory, name=None):
         path = os.path.join(directory, VOCABULARY_FILE)
-        with open(path, encoding="utf-8") as file:
-            vocabulary_size = sum(1 for _ in file)
-        super().__init__(vocabulary_size, name=name)
+        with open(path, encoding="utf-8", newline="\n") as file:
+            tokens = file.read().split("\n")[:-1]
+        super().__init__(len(tokens), name=name)
+        self.longest_token = max(len(token) for token in tokens)
         # As an Asset, the file is copied into the SavedModel and the tables are rebuilt from it
         # when the SavedModel is loaded.
         self.vocabulary_file = tf.saved_model.Asset(path)
@@ -156,12 +162,19 @@ class WordPieceTokenizer(_VocabularyFileTokenizer):
             self._token_to_id,
             suffix_indicator=_WORDPIECE_SUFFIX,
             max_bytes_per_word=_WORDPIECE_MAX_BYTES_PER_WORD,
+            # Bounds the greedy longest-match search, so long words stay linear.
+            max_chars_per_token=self.longest_token,
             token_out_type=tf.int64,
             unknown_token=UNK_TOKEN,
+            # An unseen character becomes one [UNK], not its whole word.
+            split_unknown_characters=True,
         )
 
     def tokenize(self, texts):
         pieces = self._wordpiece.tokenize(_pre_split(texts))  # (B, (words), (pieces))
+        # An unseen character inside a word comes out as "##[UNK]", which is not in the
+        # vocabulary (-1): it is [UNK].
+        pieces = tf.ragged.map_flat_values(lambda ids: tf.where(ids < 0, tf.cast(UNK_ID, ids.dtype), ids), pieces)
         return tf.cast(pieces.merge_dims(-2, -1), tf.int32)
 
     def detokenize(self, ids):
@@ -326,6 +339,13 @@ def _wordpiece_vocabulary(text, vocabulary_size):
     return [PAD_TOKEN, UNK_TOKEN] + required + learned[:room]
 
 
+def _bounded_lines(text, max_chars):
+    """Lines (line breaks kept), long ones cut into pieces of at most max_chars characters."""
+    for line in text.splitlines(keepends=True):
+        for start in range(0, len(line), max_chars):
+            yield line[start : start + max_chars]
+
+
 def _train_sentencepiece(text, vocabulary_size, path):
     import sentencepiece  # Installed with keras-nlp; only training needs it.
 
@@ -342,7 +362,7 @@ def _train_sentencepiece(text, vocabulary_size, path):
     model = io.BytesIO()
     try:
         sentencepiece.SentencePieceTrainer.train(
-            sentence_iterator=iter(text.splitlines(keepends=True)),
+            sentence_iterator=_bounded_lines(text, _SENTENCEPIECE_MAX_CHARS),
             model_writer=model,
             vocab_size=vocabulary_size,
             # A soft limit: a small corpus gets a smaller vocabulary instead of an error.
@@ -360,6 +380,7 @@ def _train_sentencepiece(text, vocabulary_size, path):
             bos_id=-1,
             eos_id=-1,
             unk_surface=REPLACEMENT_CHARACTER,
+            max_sentence_length=4 * _SENTENCEPIECE_MAX_CHARS + 16,
             input_sentence_size=2_000_000,
             shuffle_input_sentence=True,
             num_threads=os.cpu_count() or 1,

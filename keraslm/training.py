@@ -110,6 +110,8 @@ def _read_corpora(config):
 def _check_resumable(work_dir, config):
     """Returns the saved config when work_dir holds a run this config can continue."""
     path = os.path.join(work_dir, CONFIG_FILE)
+    if os.path.exists(work_dir) and not os.path.isdir(work_dir):
+        raise InvalidInputError(f"--work_dir={work_dir} is a file, not a directory; pick another --work_dir")
     if not os.path.exists(path):
         if os.path.isdir(work_dir) and os.listdir(work_dir):
             raise InvalidInputError(
@@ -182,11 +184,20 @@ def train(config: RunConfig, work_dir, verbose=True):
     keras.utils.set_random_seed(train.seed)
     model = build_compiled_model(config)
 
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    # Steps taken, counted apart from optimizer.iterations: under mixed_float16 the loss-scale
+    # optimizer does not count the steps it skips on overflow, and the data index must not lag.
+    steps_taken = tf.Variable(0, dtype=tf.int64, trainable=False, name="steps_taken")
+    checkpoint = tf.train.Checkpoint(
+        model=model,
+        optimizer=model.optimizer,
+        steps_taken=steps_taken,
+        # Dropout's random streams: without them a resumed run would draw other masks.
+        random_state=[variable for variable in model.variables if variable.path.endswith("seed_generator_state")],
+    )
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(work_dir, CHECKPOINT_DIR), max_to_keep=3)
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    step = int(model.optimizer.iterations)
+    step = int(steps_taken.numpy())
     log = RunLog(work_dir, step)
     eval_batch_size = max(train.batch_size, MIN_EVAL_BATCH_SIZE)
     eval_dataset = data.evaluation_dataset(valid_ids, config.model.sequence_length, eval_batch_size, train.eval_steps)
@@ -221,7 +232,8 @@ def train(config: RunConfig, work_dir, verbose=True):
         )
         segment_seconds = time.perf_counter() - segment_started
         train_seconds += segment_seconds
-        step = int(model.optimizer.iterations)
+        step = segment_end
+        steps_taken.assign(step)
         train_loss = float(history.history["loss"][-1])
         val_loss = float(model.evaluate(eval_dataset, verbose=0, return_dict=True)["loss"])
         record = {
@@ -258,15 +270,19 @@ def train(config: RunConfig, work_dir, verbose=True):
     )
 
 
-def load_trained_model(work_dir):
-    """Rebuilds the model from <work_dir>/config.json and restores its latest checkpoint."""
+def load_trained_model(work_dir, use_cudnn="auto"):
+    """Rebuilds the model from <work_dir>/config.json and restores its latest checkpoint.
+
+    use_cudnn=False builds LSTM layers that never pick the cuDNN kernel, for SavedModels that
+    must run on CPU-only servers whatever machine exported them.
+    """
     path = os.path.join(work_dir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise InvalidInputError(f"--work_dir={work_dir} has no {CONFIG_FILE}; pass a directory written by keraslm-train")
     config = load_run_config(path)
     # Exports run in float32 whatever the training policy was; the weights are float32 anyway.
     keras.mixed_precision.set_dtype_policy("float32")
-    model = build_model(config.model)
+    model = build_model(config.model, use_cudnn=use_cudnn)
     latest = tf.train.latest_checkpoint(os.path.join(work_dir, CHECKPOINT_DIR))
     if latest is None:
         raise InvalidInputError(f"--work_dir={work_dir} has no checkpoint yet; train it first with keraslm-train")

@@ -87,13 +87,6 @@ def test_keraslm_generate_without_a_saved_model(tmp_path, model_dir, expected):
     )
 
 
-def test_keraslm_generate_bad_values(trained_models):
-    export_dir = trained_models["lstm"]["export_dir"]
-    completed = run_cli("generate", f"--model_dir={export_dir}", "--max_new_tokens=0")
-    assert completed.returncode != 0
-    assert completed.stderr.strip() == "keraslm-generate: error: --max_new_tokens=0 must be at least 1"
-
-
 def test_keraslm_export_without_training(tmp_path):
     directory = _files(tmp_path)
     completed = run_cli("export", f"--work_dir={directory}/a_directory", f"--export_dir={directory}/out")
@@ -111,3 +104,61 @@ def test_every_flag_has_help_text():
         assert len(flag_lines) >= 3, completed.stdout
         for line in flag_lines:
             assert line.split(":", 1)[1].strip(), f"{command}: {line}"
+
+
+def test_keraslm_generate_prompts_samples_and_controls(trained_models, tmp_path):
+    prompt_file = tmp_path / "prompts.txt"
+    prompt_file.write_text("KING:\n\nQUEEN:\n", encoding="utf-8")
+    completed = run_cli(
+        "generate", f"--model_dir={trained_models['transformer']['export_dir']}", "--prompt=ROMEO:",
+        f"--prompt_file={prompt_file}", "--num_samples=2", "--max_new_tokens=20", "--top_k=5", "--top_p=0.9",
+        "--repetition_penalty=1.2", "--stop=\n\n", "--seed=7",
+    )
+    assert completed.returncode == 0, completed.stderr
+    headers = [line for line in completed.stdout.splitlines() if line.startswith("=== ")]
+    assert headers == [f"=== prompt {p}, sample {s} ===" for p in (1, 2, 3) for s in (1, 2)]
+    assert "\n\n\n" not in completed.stdout.replace("===", "")  # cut at the stop string
+    beams = run_cli("generate", f"--model_dir={trained_models['transformer']['export_dir']}", "--prompt=ROMEO:",
+                    "--num_beams=3", "--max_new_tokens=10")
+    assert beams.returncode == 0 and beams.stdout.startswith("ROMEO:")
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--max_new_tokens=5000"], "--max_new_tokens=5000 is above this model's limit of 4096"),
+        (["--seed=18446744073709551616"], "does not fit in a signed 64-bit integer"),
+        (["--top_p=0"], "--top_p=0.0 must be in (0, 1]"),
+        (["--max_new_tokens=0"], "--max_new_tokens=0 must be at least 1"),
+        (["--prompt_file=/nonexistent/prompts.txt"], "--prompt_file=/nonexistent/prompts.txt: no such file"),
+    ],
+)
+def test_keraslm_generate_bad_controls(trained_models, args, expected):
+    completed = run_cli("generate", f"--model_dir={trained_models['lstm']['export_dir']}", *args)
+    assert completed.returncode != 0
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], completed.stderr
+
+
+def test_keraslm_evaluate_bad_input(trained_models, tmp_path):
+    (tmp_path / "one.txt").write_text("F", encoding="utf-8")
+    cases = [
+        ([f"--data={tmp_path}/missing.txt"], "--data=" + str(tmp_path) + "/missing.txt: no such file"),
+        ([f"--data={tmp_path}/one.txt"], "fewer than 2 tokens"),
+        ([], "--data is required"),
+    ]
+    for args, expected in cases:
+        completed = run_cli("evaluate", f"--model_dir={trained_models['lstm']['export_dir']}", *args)
+        lines = completed.stderr.strip().splitlines()
+        assert completed.returncode != 0 and len(lines) == 1 and expected in lines[0], completed.stderr
+
+
+def test_paths_that_are_files_where_directories_belong(tmp_path, trained_models):
+    directory = _files(tmp_path)
+    a_file = directory / "good.txt"
+    completed = run_cli("train", f"--train_data={a_file}", f"--work_dir={a_file}")
+    assert completed.returncode != 0 and "--work_dir=" in completed.stderr and "is a file" in completed.stderr
+    assert len(completed.stderr.strip().splitlines()) == 1
+    assert not [path.name for path in directory.iterdir() if ".tmp" in path.name]
+    exported = run_cli("export", f"--work_dir={trained_models['lstm']['work_dir']}", f"--export_dir={a_file}")
+    assert exported.returncode != 0 and "--export_dir=" in exported.stderr and "is a file" in exported.stderr

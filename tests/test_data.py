@@ -69,6 +69,7 @@ def test_resuming_at_step_k_replays_the_same_batches():
     ids = np.random.default_rng(0).integers(2, 60, 5000).astype(np.int32)
     full = _batches(ids, sequence_length=32, batch_size=8, seed=5, num_steps=60)
     resumed = _batches(ids, sequence_length=32, batch_size=8, seed=5, start_step=37, num_steps=23)
+    assert len(full) == 60 and len(resumed) == 23
     for (x_full, y_full), (x_resumed, y_resumed) in zip(full[37:], resumed):
         np.testing.assert_array_equal(x_full, x_resumed)
         np.testing.assert_array_equal(y_full, y_resumed)

@@ -110,3 +110,26 @@ def test_sentencepiece_vocabulary_too_small_for_the_characters_is_a_clear_error(
     with pytest.raises(InvalidInputError, match="--vocabulary_size=50 cannot hold"):
         train_tokenizer(TokenizerConfig("wordpiece", vocabulary_size=50), text, str(tmp_path / "wp"))
     assert not (tmp_path / "wp").exists()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_long_words_and_whitespace_runs_round_trip(tokenizers, kind):
+    texts = ["\n" * 40, " " * 120, "x" * 150 + " " + "Speak" * 40, CHINESE_SENTENCE * 30]
+    decoded, ids = _round_trip(tokenizers[kind], texts)
+    assert decoded == texts
+    assert not np.isin(ids.flat_values.numpy(), [UNK_ID]).any()
+
+
+def test_wordpiece_loses_only_the_unseen_character(tokenizers):
+    decoded, _ = _round_trip(tokenizers["wordpiece"], ["Speak\u0394speak"])  # Δ is not in the corpus
+    assert decoded == ["Speak\ufffdspeak"]
+
+
+def test_sentencepiece_trains_on_text_with_very_long_lines(tmp_path):
+    # One paragraph of 3,000 Chinese characters is 9,000 bytes: over sentencepiece's default
+    # sentence limit, which would silently skip it.
+    paragraph = (CHINESE_SENTENCE * 215)[:3000]
+    tokenizer = train_tokenizer(TokenizerConfig("sentencepiece", vocabulary_size=200), paragraph + "\n", str(tmp_path / "sp"))
+    decoded, ids = _round_trip(tokenizer, [paragraph])
+    assert decoded == [paragraph]
+    assert not np.isin(ids.flat_values.numpy(), [UNK_ID]).any()

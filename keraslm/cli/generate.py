@@ -1,6 +1,7 @@
-"""keraslm-generate: continue a prompt with an exported language model.
+"""keraslm-generate: continue prompts with an exported language model.
 
   keraslm-generate --model_dir=saved_models/shakespeare --prompt="ROMEO:" --max_new_tokens=200 --seed=1
+  keraslm-generate --model_dir=saved_models/shakespeare --prompt_file=prompts.txt --num_samples=3 --top_p=0.9
 """
 
 import sys
@@ -14,10 +15,27 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     flags.DEFINE_string("model_dir", "", "A SavedModel version directory, or its base directory (latest version) (required).")
-    flags.DEFINE_string("prompt", "", "Text to continue; empty starts from a line break.")
-    flags.DEFINE_integer("max_new_tokens", 200, "Tokens to generate.")
+    flags.DEFINE_multi_string("prompt", [], "Text to continue; repeat the flag for several prompts. Empty starts from a line break.")
+    flags.DEFINE_string("prompt_file", "", "UTF-8 file with one prompt per line (added after any --prompt).")
+    flags.DEFINE_integer("max_new_tokens", 200, "Tokens to generate per sample.")
     flags.DEFINE_float("temperature", 0.8, "Sampling temperature; 0 is greedy (always the most likely token).")
+    flags.DEFINE_integer("top_k", 0, "Sample only among the k most likely tokens; 0 turns it off.")
+    flags.DEFINE_float("top_p", 1.0, "Sample only within the smallest set of tokens whose probability reaches p; 1 turns it off.")
+    flags.DEFINE_float("repetition_penalty", 1.0, "Penalize tokens already in the prompt or output (CTRL); 1 turns it off, 1.2 is typical.")
+    flags.DEFINE_string("stop", "", "Stop a sample when this text appears, and cut it there; empty for none.")
+    flags.DEFINE_integer("num_samples", 1, "Samples per prompt; sample i uses seed + i.")
+    flags.DEFINE_integer("num_beams", 1, "Beam search with this many beams when > 1 (deterministic; ignores sampling flags).")
     flags.DEFINE_integer("seed", None, "Random seed; the same seed, prompt and settings give the same text. Unset: random.")
+
+
+def _prompts():
+    from keraslm.data import read_text_file
+
+    prompts = list(FLAGS.prompt)
+    if FLAGS.prompt_file:
+        # Empty lines are skipped: a trailing newline should not add a prompt.
+        prompts += [line for line in read_text_file(FLAGS.prompt_file, "--prompt_file").splitlines() if line]
+    return prompts or [""]
 
 
 def main(argv):
@@ -27,13 +45,38 @@ def main(argv):
 
     if not FLAGS.model_dir:
         raise InvalidInputError("--model_dir is required: the --export_dir of keraslm-train or keraslm-export")
-    if FLAGS.max_new_tokens < 1:
-        raise InvalidInputError(f"--max_new_tokens={FLAGS.max_new_tokens} must be at least 1")
+    for name, minimum in (("max_new_tokens", 1), ("num_samples", 1), ("num_beams", 1), ("top_k", 0)):
+        if FLAGS[name].value < minimum:
+            raise InvalidInputError(f"--{name}={FLAGS[name].value} must be at least {minimum}")
     if FLAGS.temperature < 0:
         raise InvalidInputError(f"--temperature={FLAGS.temperature} must be 0 (greedy) or positive")
+    if not 0 < FLAGS.top_p <= 1:
+        raise InvalidInputError(f"--top_p={FLAGS.top_p} must be in (0, 1]")
+    if FLAGS.repetition_penalty <= 0:
+        raise InvalidInputError(f"--repetition_penalty={FLAGS.repetition_penalty} must be positive")
+    prompts = _prompts()
     model = LanguageModel(FLAGS.model_dir)
-    (continuation,) = model.generate([FLAGS.prompt], FLAGS.max_new_tokens, FLAGS.temperature, FLAGS.seed)
-    sys.stdout.write(FLAGS.prompt + continuation + "\n")
+    limit = model.config["export"]["max_new_tokens_limit"]
+    if FLAGS.max_new_tokens > limit:
+        raise InvalidInputError(f"--max_new_tokens={FLAGS.max_new_tokens} is above this model's limit of {limit}")
+    texts = model.generate(
+        prompts,
+        max_new_tokens=FLAGS.max_new_tokens,
+        temperature=FLAGS.temperature,
+        top_k=FLAGS.top_k,
+        top_p=FLAGS.top_p,
+        repetition_penalty=FLAGS.repetition_penalty,
+        seed=FLAGS.seed,
+        stop=FLAGS.stop,
+        num_samples=FLAGS.num_samples if FLAGS.num_beams == 1 else 1,
+        num_beams=FLAGS.num_beams,
+    )
+    per_prompt = len(texts) // len(prompts)
+    for index, text in enumerate(texts):
+        prompt = prompts[index // per_prompt]
+        if len(texts) > 1:
+            sys.stdout.write(f"=== prompt {index // per_prompt + 1}, sample {index % per_prompt + 1} ===\n")
+        sys.stdout.write(prompt + text + "\n")
     sys.stdout.flush()
 
 

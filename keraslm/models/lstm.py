@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 
 
-def build_lstm_lm(vocabulary_size, hidden_dim, num_layers, dropout=0.0):
+def build_lstm_lm(vocabulary_size, hidden_dim, num_layers, dropout=0.0, use_cudnn="auto"):
     """Token ids (B, T) -> next-token logits (B, T, vocabulary_size).
 
     The LSTM layers keep Keras' defaults (tanh, sigmoid, no recurrent dropout, no unroll, bias):
@@ -15,7 +15,9 @@ def build_lstm_lm(vocabulary_size, hidden_dim, num_layers, dropout=0.0):
     embedding = keras.layers.Embedding(vocabulary_size, hidden_dim, name="embedding")
     # return_state lets generation start from the state left by the prompt.
     recurrent = [
-        keras.layers.LSTM(hidden_dim, return_sequences=True, return_state=True, name=f"lstm_{index}")
+        keras.layers.LSTM(
+            hidden_dim, return_sequences=True, return_state=True, use_cudnn=use_cudnn, name=f"lstm_{index}"
+        )
         for index in range(num_layers)
     ]
     to_logits = keras.layers.Dense(vocabulary_size, dtype="float32", name="logits")
@@ -38,6 +40,7 @@ class LSTMStepper:
         self.embedding = model.get_layer("embedding")
         self.recurrent = [model.get_layer(f"lstm_{index}") for index in range(num_layers)]
         self.to_logits = model.get_layer("logits")
+        self.vocabulary_size = self.to_logits.units
 
     def initial_state(self, tokens, start):
         """State [(h, c) per layer] after reading tokens[:, : start - 1]."""
@@ -63,8 +66,9 @@ class LSTMStepper:
         # An LSTM over zero steps is not defined, so a one-token prefix starts from zeros.
         return tf.cond(start > 1, read_prefix, zeros)
 
-    def step(self, state, tokens, position):
+    def step(self, state, tokens, position, small_batch=False):
         """Reads tokens[:, position - 1]; returns logits (B, V) for `position` and the new state."""
+        del small_batch  # One formulation serves every batch size.
         x = self.embedding(tokens[:, position - 1])  # (B, hidden_dim)
         new_state = []
         for layer, (h, c) in zip(self.recurrent, state):

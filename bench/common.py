@@ -1,0 +1,64 @@
+"""Shared by the benchmark scripts: what machine this is, and appending results to BENCHMARKS.md."""
+
+import datetime
+import os
+import platform
+import shlex
+import sys
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "BENCHMARKS.md")
+
+
+def machine():
+    """'2 cores, AMD EPYC ..., 24 GiB, no GPU, TF 2.21.0' read off this machine now."""
+    import tensorflow as tf
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as file:
+            cpu = next(line.split(":", 1)[1].strip() for line in file if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        memory_gib = float("nan")
+    gpus = tf.config.list_physical_devices("GPU")
+    gpu = ", ".join(tf.config.experimental.get_device_details(g).get("device_name", "GPU") for g in gpus) or "no GPU"
+    return f"{os.cpu_count()} cores, {cpu}, {memory_gib:.0f} GiB, {gpu}, TensorFlow {tf.__version__}"
+
+
+def command_line():
+    return "python " + " ".join(shlex.quote(argument) for argument in sys.argv)
+
+
+def append_section(title, body):
+    """Appends '### title (date, machine)' + the command + body to BENCHMARKS.md and prints it."""
+    text = (
+        f"\n### {title}\n\n{datetime.date.today().isoformat()}; {machine()}\n\n"
+        f"Command: `{command_line()}`\n\n{body.rstrip()}\n"
+    )
+    print(text)
+    with open(BENCHMARKS, "a", encoding="utf-8") as file:
+        file.write(text)
+
+
+def matmul_gflops(size=2048, repeats=10):
+    """Best-of-N fp32 matmul GFLOP/s of this machine right now (TensorFlow, all cores).
+
+    The denominator for utilization figures, and a gauge of how loaded this shared machine is
+    during a run: measure it in the same run as the figures it qualifies.
+    """
+    import time
+
+    import tensorflow as tf
+
+    a = tf.random.normal([size, size])
+    b = tf.random.normal([size, size])
+    tf.matmul(a, b).numpy()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        tf.matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9

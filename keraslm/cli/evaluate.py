@@ -1,0 +1,53 @@
+"""keraslm-evaluate: perplexity and bits per byte of an exported language model on a text file.
+
+  keraslm-evaluate --model_dir=saved_models/shakespeare --data=held_out.txt --output_json=metrics.json
+
+The last line of stdout is one JSON object: perplexity, bits_per_byte, loss, num_tokens.
+"""
+
+import json
+
+from absl import flags
+
+from keraslm.cli.common import run_main
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    flags.DEFINE_string("model_dir", "", "A SavedModel version directory, or its base directory (latest version) (required).")
+    flags.DEFINE_string("data", "", "UTF-8 text file to evaluate on (required).")
+    flags.DEFINE_string("output_json", "", "Also write the JSON object to this file.")
+
+
+def main(argv):
+    del argv
+    from keraslm.config import write_json_atomic
+    from keraslm.data import read_text_file
+    from keraslm.errors import InvalidInputError
+    from keraslm.evaluation import evaluate_text
+    from keraslm.inference import LanguageModel
+
+    for name in ("model_dir", "data"):
+        if not FLAGS[name].value:
+            raise InvalidInputError(f"--{name} is required")
+    text = read_text_file(FLAGS.data, "--data")
+    model = LanguageModel(FLAGS.model_dir)
+    sequence_length = model.config["model"]["sequence_length"]
+    try:
+        metrics = evaluate_text(model, text, sequence_length)
+    except InvalidInputError as error:
+        raise InvalidInputError(f"--data={FLAGS.data}: {error}") from None
+    metrics = {"model_dir": model.path, "data": FLAGS.data, **metrics}
+    if FLAGS.output_json:
+        write_json_atomic(FLAGS.output_json, metrics)
+    print(json.dumps(metrics), flush=True)
+
+
+def run():
+    define_flags()
+    run_main(main, "keraslm-evaluate")
+
+
+if __name__ == "__main__":
+    run()
