@@ -65,10 +65,12 @@ class ModelConfig:
     def validate(self):
         if self.model not in MODELS:
             raise InvalidInputError(f"--model={self.model!r} is not known; use one of {', '.join(MODELS)}")
-        for name in ("sequence_length", "hidden_dim", "num_layers", "num_heads"):
+        for name in ("hidden_dim", "num_layers", "num_heads"):
             value = getattr(self, name)
             if value < 1:
                 raise InvalidInputError(f"--{name}={value} must be at least 1")
+        if self.sequence_length < 2:
+            raise InvalidInputError(f"--sequence_length={self.sequence_length} must be at least 2 (a token and its context)")
         if self.intermediate_dim < 0:
             raise InvalidInputError(f"--intermediate_dim={self.intermediate_dim} must be 0 (4 * hidden_dim) or positive")
         if not 0.0 <= self.dropout < 1.0:

@@ -14,6 +14,10 @@ import tensorflow_text as tf_text
 
 from keraslm.tokenizers import NUM_SPECIAL_TOKENS, PAD_ID
 
+# Stop strings are matched against the newest tokens every step at a cost that grows with
+# their length; this bounds it.
+MAX_STOP_BYTES = 128
+
 # Up to this many rows, steppers use their small-batch arithmetic (measured crossover: 8 to 16).
 SMALL_BATCH = 8
 
@@ -47,6 +51,11 @@ def validate_controls(controls, batch_size, max_new_tokens_limit):
             controls.max_new_tokens, max_new_tokens_limit, message=f"max_new_tokens must be at most {max_new_tokens_limit}"
         ),
         tf.debugging.assert_greater_equal(controls.temperature, 0.0, message="temperature must be >= 0 (0 = greedy)"),
+        tf.debugging.assert_less(controls.temperature, float("inf"), message="temperature must be finite"),
+        tf.debugging.assert_less(controls.repetition_penalty, float("inf"), message="repetition_penalty must be finite"),
+        tf.debugging.assert_less_equal(
+            tf.strings.length(controls.stop), MAX_STOP_BYTES, message=f"stop must be at most {MAX_STOP_BYTES} bytes"
+        ),
         tf.debugging.assert_greater_equal(controls.top_k, 0, message="top_k must be >= 0 (0 = off)"),
         tf.debugging.assert_greater(controls.top_p, 0.0, message="top_p must be in (0, 1] (1 = off)"),
         tf.debugging.assert_less_equal(controls.top_p, 1.0, message="top_p must be in (0, 1] (1 = off)"),
@@ -130,10 +139,11 @@ def sample_with_noise(logits, controls, inverse_temperature, noise, seen=None, f
 
     With zero noise on greedy rows this is their argmax, so top_k=1 and temperature 0 agree.
     """
-    logits = mask_special_tokens(tf.cast(logits, tf.float32))  # (B, V)
+    logits = tf.cast(logits, tf.float32)  # (B, V)
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, controls.repetition_penalty)
-    scaled = logits * inverse_temperature[:, None]
+    # Special tokens are masked after scaling, which could otherwise undo the mask.
+    scaled = mask_special_tokens(logits * inverse_temperature[:, None])
     if filtered:
         scaled = filter_top_k_top_p(scaled, controls.top_k, controls.top_p)
     return tf.argmax(scaled + noise, axis=-1, output_type=tf.int32)
@@ -168,9 +178,19 @@ def find_first(texts, patterns):
 
 
 def cut_at_stop(texts, stops):
-    """Each text cut before the first occurrence of its stop string."""
-    first = find_first(texts, stops)
-    return tf.where(first >= 0, tf.strings.substr(texts, tf.zeros_like(first), tf.maximum(first, 0)), texts)
+    """Each text cut before the first occurrence of its stop string ("" cuts nothing).
+
+    Row by row with the string-split op: linear in the text, where find_first's byte windows
+    grow with text length times stop length.
+    """
+
+    def cut(row):
+        text, stop = row
+        return tf.cond(
+            tf.strings.length(stop) > 0, lambda: tf.strings.split(text, sep=stop, maxsplit=1)[0], lambda: text
+        )
+
+    return tf.map_fn(cut, (texts, stops), fn_output_signature=tf.string)
 
 
 # === The loop ===

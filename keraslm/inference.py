@@ -47,13 +47,17 @@ class Score(typing.NamedTuple):
         return float(np.exp(-self.log_likelihood / self.num_tokens)) if self.num_tokens else float("nan")
 
 
-def _per_row(name, value, count, dtype):
-    """A scalar broadcast to `count` rows, or a sequence of exactly `count` values."""
+def _values(name, value, count):
+    """A control as a list of `count` values: one value broadcast, or exactly one per prompt."""
     if isinstance(value, (list, tuple, np.ndarray)):
         if len(value) != count:
             raise InvalidInputError(f"{name} has {len(value)} values for {count} prompts; give one value or one per prompt")
-        return tf.constant(list(value), dtype)
-    return tf.fill([count], tf.constant(value, dtype))
+        return list(value)
+    return [value] * count
+
+
+def _per_row(name, value, count, dtype):
+    return tf.constant(_values(name, value, count), dtype)
 
 
 class LanguageModel:
@@ -93,15 +97,27 @@ class LanguageModel:
         (deterministic: temperature, top_k, top_p and seed do not apply).
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise InvalidInputError("no prompts given; pass at least one string (it may be empty)")
         if num_samples < 1 or num_beams < 1:
             raise InvalidInputError(f"num_samples={num_samples} and num_beams={num_beams} must be at least 1")
+        count = len(prompts)
+        limit = self.config["export"]["max_new_tokens_limit"]
+        for value in _values("max_new_tokens", max_new_tokens, count):
+            if not 1 <= value <= limit:
+                raise InvalidInputError(f"max_new_tokens={value} must be between 1 and this model's limit of {limit}")
+        for value in _values("top_k", top_k, count):
+            if not 0 <= value < 2**31:
+                raise InvalidInputError(f"top_k={value} must be between 0 (off) and 2**31 - 1")
         if num_beams > 1:
-            return self._beam_search(prompts, max_new_tokens, num_beams, stop)
+            if num_samples > 1:
+                raise InvalidInputError("num_samples applies to sampling; beam search returns one text per prompt")
+            return self._beam_search(prompts, _values("max_new_tokens", max_new_tokens, count), num_beams, _values("stop", stop, count))
         if seed is None:
             seed = random.SystemRandom().randrange(2**62)
-        if not -(2**63) <= seed < 2**63 - num_samples:
-            raise InvalidInputError(f"seed={seed} does not fit in a signed 64-bit integer")
-        count = len(prompts)
+        for value in _values("seed", seed, count):
+            if not -(2**63) <= value < 2**63 - num_samples:
+                raise InvalidInputError(f"seed={value} does not fit in a signed 64-bit integer")
         controls = {
             "max_new_tokens": _per_row("max_new_tokens", max_new_tokens, count, tf.int32),
             "temperature": _per_row("temperature", temperature, count, tf.float32),
@@ -119,7 +135,8 @@ class LanguageModel:
         outputs = self._call(self._generate, **inputs)
         return [text.decode("utf-8") for text in outputs["text"].numpy()]
 
-    def _beam_search(self, prompts, max_new_tokens, num_beams, stop):
+    def _beam_search(self, prompts, max_new_tokens, num_beams, stops):
+        """Beam search with keras-nlp's BeamSampler; per-prompt max_new_tokens and stops."""
         import keras_nlp  # Only beam search needs keras-nlp.
 
         sampler = keras_nlp.samplers.BeamSampler(num_beams=num_beams)
@@ -127,14 +144,13 @@ class LanguageModel:
         def next_logits(token_ids, cache, index):
             return self._saved_model.next_token_logits(token_ids, index), None, cache
 
-        stops = stop if isinstance(stop, (list, tuple)) else [stop] * len(prompts)
         texts = []
         # One prompt at a time: keras-nlp's beam scores assume every row starts generating at
         # the same index.
-        for prompt, stop_string in zip(prompts, stops):
+        for prompt, new_tokens, stop_string in zip(prompts, max_new_tokens, stops):
             tokenized = self._saved_model.tokenize(tf.constant([prompt or "\n"]))
             length = int(tokenized["lengths"][0])
-            token_ids = tf.pad(tokenized["token_ids"][:, :length], [[0, 0], [0, max_new_tokens]])
+            token_ids = tf.pad(tokenized["token_ids"][:, :length], [[0, 0], [0, new_tokens]])
             result = sampler(next_logits, token_ids, index=length)
             text = self._saved_model.detokenize(result[:, length:])[0].numpy().decode("utf-8", "replace")
             texts.append(text.split(stop_string, 1)[0] if stop_string else text)

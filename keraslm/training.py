@@ -197,6 +197,9 @@ def train(config: RunConfig, work_dir, verbose=True):
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(work_dir, CHECKPOINT_DIR), max_to_keep=3)
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        if int(steps_taken.numpy()) == 0:
+            # A checkpoint from before steps_taken existed: the optimizer counted the steps.
+            steps_taken.assign(int(model.optimizer.iterations))
     step = int(steps_taken.numpy())
     log = RunLog(work_dir, step)
     eval_batch_size = max(train.batch_size, MIN_EVAL_BATCH_SIZE)

@@ -117,7 +117,10 @@ def test_keraslm_generate_prompts_samples_and_controls(trained_models, tmp_path)
     assert completed.returncode == 0, completed.stderr
     headers = [line for line in completed.stdout.splitlines() if line.startswith("=== ")]
     assert headers == [f"=== prompt {p}, sample {s} ===" for p in (1, 2, 3) for s in (1, 2)]
-    assert "\n\n\n" not in completed.stdout.replace("===", "")  # cut at the stop string
+    samples = re.split(r"=== prompt \d, sample \d ===\n", completed.stdout)[1:]
+    assert [sample.split(":")[0] for sample in samples] == ["ROMEO"] * 2 + ["KING"] * 2 + ["QUEEN"] * 2
+    for sample in samples:
+        assert "\n\n" not in sample[:-1]  # cut before the stop string (the last newline is print's)
     beams = run_cli("generate", f"--model_dir={trained_models['transformer']['export_dir']}", "--prompt=ROMEO:",
                     "--num_beams=3", "--max_new_tokens=10")
     assert beams.returncode == 0 and beams.stdout.startswith("ROMEO:")
@@ -130,6 +133,7 @@ def test_keraslm_generate_prompts_samples_and_controls(trained_models, tmp_path)
         (["--seed=18446744073709551616"], "does not fit in a signed 64-bit integer"),
         (["--top_p=0"], "--top_p=0.0 must be in (0, 1]"),
         (["--max_new_tokens=0"], "--max_new_tokens=0 must be at least 1"),
+        (["--num_samples=2", "--num_beams=2"], "--num_samples applies to sampling"),
         (["--prompt_file=/nonexistent/prompts.txt"], "--prompt_file=/nonexistent/prompts.txt: no such file"),
     ],
 )
@@ -146,6 +150,7 @@ def test_keraslm_evaluate_bad_input(trained_models, tmp_path):
         ([f"--data={tmp_path}/missing.txt"], "--data=" + str(tmp_path) + "/missing.txt: no such file"),
         ([f"--data={tmp_path}/one.txt"], "fewer than 2 tokens"),
         ([], "--data is required"),
+        ([f"--data={tmp_path}/one.txt", f"--output_json={tmp_path}/no/such/dir/m.json"], "does not exist"),
     ]
     for args, expected in cases:
         completed = run_cli("evaluate", f"--model_dir={trained_models['lstm']['export_dir']}", *args)

@@ -45,6 +45,7 @@ print(json.dumps({{
         "temperature": error(temperature=-1.0), "top_p": error(top_p=1.5), "top_p_zero": error(top_p=0.0),
         "top_k": error(top_k=-1), "max_new_tokens": error(max_new_tokens=0), "too_many": error(max_new_tokens=100000),
         "repetition_penalty": error(repetition_penalty=0.0),
+        "temperature_inf": error(temperature=float("inf")), "stop_long": error(stop="x" * 129),
     }},
     "score": [scored["log_likelihood"].numpy().tolist(), scored["num_tokens"].numpy().tolist()],
     "signatures": sorted(model.signatures),
@@ -134,6 +135,8 @@ def test_bad_values_raise_errors_that_name_the_input(fresh_process_results):
     assert "max_new_tokens must be at least 1" in errors["max_new_tokens"]
     assert "max_new_tokens must be at most 4096" in errors["too_many"]
     assert "repetition_penalty must be > 0" in errors["repetition_penalty"]
+    assert "temperature must be finite" in errors["temperature_inf"]
+    assert "stop must be at most 128 bytes" in errors["stop_long"]
 
 
 def test_score_matches_the_training_loss_per_token(fresh_process_results, trained_models, corpora):
@@ -153,6 +156,22 @@ def test_score_matches_the_training_loss_per_token(fresh_process_results, traine
     (log_likelihood, _, single_token), (count, chinese_count, single_count) = results["score"]
     assert count == len(ids) - 1 and single_count == 0 and single_token == 0.0 and chinese_count > 0
     assert -log_likelihood / count == pytest.approx(keras_loss, abs=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["transformer", "lstm"])
+def test_exports_need_neither_xla_nor_cudnn(trained_models, kind):
+    """A stock TF Serving has no XLA JIT on CPU, and cuDNN kernels have no CPU version."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((trained_models[kind]["export_dir"] / "1" / "saved_model.pb").read_bytes())
+    graph = saved_model.meta_graphs[0].graph_def
+    ops = {node.op for node in graph.node}
+    for function in graph.library.function:
+        ops |= {node.op for node in function.node_def}
+        assert "_XlaMustCompile" not in function.attr
+    assert "InplaceUpdate" in ops or kind == "lstm"  # the cache's in-place writes are plain TF ops
+    assert not [op for op in ops if op.startswith(("Xla", "Cudnn"))]
 
 
 def test_export_layout_versions_and_assets(trained_models, tmp_path):

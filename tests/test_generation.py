@@ -138,7 +138,8 @@ def _generate(stepper, prompts, **values):
 
 def test_cached_decoding_gives_the_greedy_tokens_of_full_recompute(model_and_config):
     model, config = model_and_config
-    prompts = [[5, 6, 7], [9], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]]
+    # Long prompts and slides are checked step by step above; here rows of mixed lengths.
+    prompts = [[5, 6, 7], [9], [3, 4, 5, 6, 7, 8]]
     cached, _ = _generate(make_stepper(model, config), prompts, max_new_tokens=[30, 4, 20], temperature=0.0)
     recomputed, _ = _generate(
         make_stepper(model, config, kv_cache=False), prompts, max_new_tokens=[30, 4, 20], temperature=0.0
@@ -149,7 +150,7 @@ def test_cached_decoding_gives_the_greedy_tokens_of_full_recompute(model_and_con
         # sequence_length both see the same context.
         cached = [row[: max(0, config.sequence_length + 1 - len(prompt))] for row, prompt in zip(cached, prompts)]
         recomputed = [row[: len(cached_row)] for row, cached_row in zip(recomputed, cached)]
-        assert [len(row) for row in cached] == [6, 4, 0]
+        assert [len(row) for row in cached] == [6, 4, 3]
     assert cached == recomputed
 
 

@@ -6,6 +6,7 @@ The last line of stdout is one JSON object: perplexity, bits_per_byte, loss, num
 """
 
 import json
+import os
 
 from absl import flags
 
@@ -32,6 +33,9 @@ def main(argv):
         if not FLAGS[name].value:
             raise InvalidInputError(f"--{name} is required")
     text = read_text_file(FLAGS.data, "--data")
+    output_dir = os.path.dirname(os.path.abspath(FLAGS.output_json)) if FLAGS.output_json else ""
+    if output_dir and not os.path.isdir(output_dir):
+        raise InvalidInputError(f"--output_json={FLAGS.output_json}: directory {output_dir} does not exist")
     model = LanguageModel(FLAGS.model_dir)
     sequence_length = model.config["model"]["sequence_length"]
     try:
@@ -39,9 +43,13 @@ def main(argv):
     except InvalidInputError as error:
         raise InvalidInputError(f"--data={FLAGS.data}: {error}") from None
     metrics = {"model_dir": model.path, "data": FLAGS.data, **metrics}
-    if FLAGS.output_json:
-        write_json_atomic(FLAGS.output_json, metrics)
+    # Printed first: a failing write must not lose the run's result.
     print(json.dumps(metrics), flush=True)
+    if FLAGS.output_json:
+        try:
+            write_json_atomic(FLAGS.output_json, metrics)
+        except OSError as error:
+            raise InvalidInputError(f"--output_json={FLAGS.output_json}: cannot write ({error.strerror})") from None
 
 
 def run():

@@ -48,6 +48,8 @@ def main(argv):
     for name, minimum in (("max_new_tokens", 1), ("num_samples", 1), ("num_beams", 1), ("top_k", 0)):
         if FLAGS[name].value < minimum:
             raise InvalidInputError(f"--{name}={FLAGS[name].value} must be at least {minimum}")
+    if FLAGS.num_samples > 1 and FLAGS.num_beams > 1:
+        raise InvalidInputError("--num_samples applies to sampling; beam search (--num_beams) returns one text per prompt")
     if FLAGS.temperature < 0:
         raise InvalidInputError(f"--temperature={FLAGS.temperature} must be 0 (greedy) or positive")
     if not 0 < FLAGS.top_p <= 1:
@@ -68,7 +70,7 @@ def main(argv):
         repetition_penalty=FLAGS.repetition_penalty,
         seed=FLAGS.seed,
         stop=FLAGS.stop,
-        num_samples=FLAGS.num_samples if FLAGS.num_beams == 1 else 1,
+        num_samples=FLAGS.num_samples,
         num_beams=FLAGS.num_beams,
     )
     per_prompt = len(texts) // len(prompts)

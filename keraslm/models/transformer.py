@@ -107,6 +107,8 @@ class TransformerCachedStepper:
         # A quarter window of context after a slide: re-encoding it costs 1/3 of a step per token
         # (vs 1x for half a window), and a character model loses 0.003 nats by it (BENCHMARKS.md).
         self.keep = keep if keep is not None else max(1, sequence_length // 4)
+        if not 0 < self.keep < sequence_length:
+            raise ValueError(f"keep={self.keep} must be in [1, sequence_length={sequence_length})")
         self._weights = None
 
     # === Weights, read once per call outside the decoding loop ===
@@ -162,7 +164,7 @@ class TransformerCachedStepper:
             "final_epsilon": self.final_norm.epsilon,
         }
 
-    # === Prefill: keras-nlp layers fill the caches ===
+    # === Prefill: the keras-nlp layers run the prompt; keys and values are taken on the way ===
 
     def _prefill(self, tokens):
         """Caches [(k, v)] with tokens (B, P) at positions 0..P-1.
@@ -170,19 +172,28 @@ class TransformerCachedStepper:
         Each cache is (B * heads * S, head_dim): one row per (batch row, head, slot), so a step
         can overwrite its B * heads rows in place (see _forward_one) and attention reads it as
         (B, heads, S, head_dim) through a free reshape.
+
+        keras-nlp's own cached call is not used: Keras writes its cache with slice_update, which
+        on TensorFlow is XlaDynamicUpdateSlice, and a stock TF Serving has no XLA.
         """
-        batch_size = tf.shape(tokens)[0]
-        empty = tf.zeros([batch_size, 2, self.sequence_length, self.num_heads, self.head_dim], self.embedding.compute_dtype)
-        x = self.embedding(tokens)
+        weights = self._weights
+        batch_size, length = tf.shape(tokens)[0], tf.shape(tokens)[1]
+        hidden, heads, head_dim = self.hidden_dim, self.num_heads, self.head_dim
+        x = self.embedding(tokens)  # (B, P, H)
         caches = []
-        for decoder in self.decoders:
-            x, cache = decoder(x, self_attention_cache=empty, self_attention_cache_update_index=0, training=False)
-            cache = tf.transpose(tf.cast(cache, tf.float32), [1, 0, 3, 2, 4])  # (2, B, heads, S, head_dim)
-            # DeepCopy gives each cache a buffer of its own: the in-place writes must never
-            # touch a tensor anything else holds (a folded constant, a shared slice).
-            caches.append(
-                tuple(tf.raw_ops.DeepCopy(x=tf.reshape(cache[index], [-1, self.head_dim])) for index in (0, 1))
-            )
+        for decoder, layer in zip(self.decoders, weights["layers"]):
+            normalized = tf.reshape(_normalize(tf.cast(x, tf.float32), layer["epsilon"]), [-1, hidden])
+            qkv = tf.nn.bias_add(tf.matmul(normalized, layer["qkv_kernel"]), layer["qkv_bias"])  # (B * P, 3H)
+            cache = []
+            for part in (1, 2):  # keys, values
+                projected = tf.reshape(qkv[:, part * hidden : (part + 1) * hidden], [batch_size, length, heads, head_dim])
+                projected = tf.transpose(projected, [0, 2, 1, 3])  # (B, heads, P, head_dim)
+                projected = tf.pad(projected, [[0, 0], [0, 0], [0, self.sequence_length - length], [0, 0]])
+                # DeepCopy gives each cache a buffer of its own: the in-place writes must never
+                # touch a tensor anything else holds.
+                cache.append(tf.raw_ops.DeepCopy(x=tf.reshape(projected, [-1, head_dim])))
+            caches.append(tuple(cache))
+            x = decoder(x, training=False)
         return caches
 
     def window_start(self, position):
