@@ -62,3 +62,24 @@ def matmul_gflops(size=2048, repeats=10):
         tf.matmul(a, b).numpy()
         best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best / 1e9
+
+
+def report(title, body, no_write=False):
+    """Prints the result, or appends it to BENCHMARKS.md (which prints it too)."""
+    if no_write:
+        print(body)
+    else:
+        append_section(title, body)
+
+
+def preset_config(preset, extra_flags):
+    """The RunConfig keraslm-train would build from --flagfile=preset plus extra flags."""
+    from absl import flags
+
+    from keraslm.cli import train as train_cli
+
+    train_cli.define_flags()
+    flags.FLAGS([sys.argv[0], f"--flagfile={preset}", *extra_flags])
+    config = train_cli.config_from_flags()
+    config.validate()
+    return config

@@ -46,10 +46,7 @@ def main():
         f"{sum(len(batch) for batch in losses)} validation windows.\n\n"
         "| context seen (tokens) | mean validation loss |\n| --- | --- |\n" + "\n".join(rows)
     )
-    if args.no_write:
-        print(body)
-    else:
-        common.append_section("Context a model uses: validation loss by minimum context", body)
+    common.report("Context a model uses: validation loss by minimum context", body, args.no_write)
 
 
 if __name__ == "__main__":

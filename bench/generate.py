@@ -131,10 +131,7 @@ def main():
         "| model | shape | batch | cached tokens/s (best) | cached (median) | uncached (best) | uncached (median) "
         "| cached / uncached (medians) |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows)
     )
-    if args.no_write:
-        print(table)
-    else:
-        common.append_section("Generation: exported SavedModel, `generate` signature", table)
+    common.report("Generation: exported SavedModel, `generate` signature", table, args.no_write)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,9 @@ def main():
     parser.add_argument("--no_write", action="store_true")
     args, extra_flags = parser.parse_known_args()
 
-    from absl import flags
-
-    from keraslm.cli import train as train_cli
-
-    train_cli.define_flags()
-    flags.FLAGS([sys.argv[0], f"--flagfile={args.preset}", *extra_flags])
-    config = train_cli.config_from_flags()
+    # The consumption run: train_steps steps with a single one-batch evaluation at the end.
+    overrides = [f"--train_steps={args.train_steps}", f"--eval_interval={args.train_steps}", "--eval_steps=1"]
+    config = common.preset_config(args.preset, [*extra_flags, *overrides])
 
     from keraslm import data, training
     from keraslm.tokenizers import train_tokenizer
@@ -52,9 +48,6 @@ def main():
         batches = sum(1 for _ in dataset)
         pipeline_rate = batches * config.train.batch_size * model.sequence_length / (time.perf_counter() - started)
 
-        config.train.train_steps = args.train_steps
-        config.train.eval_interval = args.train_steps
-        config.train.eval_steps = 1
         result = training.train(config, os.path.join(scratch, "run"), verbose=False)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -68,10 +61,7 @@ def main():
         f"| training consumes ({args.train_steps} steps incl. compilation) | {consumption_rate:,.0f} |\n\n"
         f"The pipeline alone delivers {pipeline_rate / consumption_rate:.0f}x what training consumes."
     )
-    if args.no_write:
-        print(body)
-    else:
-        common.append_section("Input pipeline", body)
+    common.report("Input pipeline", body, args.no_write)
 
 
 if __name__ == "__main__":

@@ -42,10 +42,7 @@ def main():
         f"| fp32 matmul {args.size}² (best of {args.repeats}) | GFLOP/s |\n| --- | --- |\n"
         f"| TensorFlow (the MFU denominator) | {tensorflow:.0f} |\n| numpy | {numpy:.0f} |"
     )
-    if args.no_write:
-        print(body)
-    else:
-        common.append_section("Matmul peak", body)
+    common.report("Matmul peak", body, args.no_write)
 
 
 if __name__ == "__main__":

@@ -45,14 +45,7 @@ def main():
     parser.add_argument("--no_write", action="store_true")
     args, extra_flags = parser.parse_known_args()
 
-    from absl import flags
-
-    from keraslm.cli import train as train_cli
-
-    train_cli.define_flags()
-    flags.FLAGS([sys.argv[0], f"--flagfile={args.preset}", *extra_flags])
-    config = train_cli.config_from_flags()
-    config.validate()
+    config = common.preset_config(args.preset, extra_flags)
 
     from keraslm import training
 
@@ -86,10 +79,7 @@ def main():
         f"{achieved / peak:.0%} | {time_to_target} |\n\n"
         "Segments (ms/step): " + ", ".join(f"{record['ms_per_step']:.1f}" for record in records)
     )
-    if args.no_write:
-        print(body)
-    else:
-        common.append_section(f"Training: {os.path.basename(args.preset)}", body)
+    common.report(f"Training: {os.path.basename(args.preset)}", body, args.no_write)
 
 
 if __name__ == "__main__":

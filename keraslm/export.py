@@ -15,7 +15,6 @@ batched with one value per row:
 """
 
 import dataclasses
-import json
 import os
 import shutil
 import tempfile
@@ -198,8 +197,3 @@ def export_from_work_dir(work_dir, export_dir, export_config=None, verbose=True)
     """Exports the latest checkpoint of a training work directory."""
     run_config, model, tokenizer = load_trained_model(work_dir, use_cudnn=False)
     return export_language_model(model, tokenizer, run_config, export_dir, export_config, verbose)
-
-
-def read_exported_config(version_dir):
-    with open(os.path.join(version_dir, "assets", CONFIG_ASSET), encoding="utf-8") as file:
-        return json.load(file)
