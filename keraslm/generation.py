@@ -150,7 +150,7 @@ def sample_with_noise(logits, controls, inverse_temperature, noise, seen=None, f
 
 
 def sample_next_token(logits, controls, position, seen=None, filtered=True):
-    """One step of sampling at `position` (the loop uses sample_with_noise on precomputed noise)."""
+    """One step of sampling at `position`, noise included."""
     noise = gumbel_noise(controls, [position], tf.shape(logits)[-1])[0]
     return sample_with_noise(logits, controls, inverse_temperature(controls), noise, seen, filtered)
 
@@ -196,7 +196,7 @@ def cut_at_stop(texts, stops):
 # === The loop ===
 
 
-def generate_tokens(stepper, prompt_ids, controls, detokenize, max_stop_bytes=None):
+def generate_tokens(stepper, prompt_ids, controls, detokenize):
     """Continues each prompt; returns (new token ids, ragged (B, (num_tokens[b])), num_tokens).
 
     Args:
@@ -204,7 +204,6 @@ def generate_tokens(stepper, prompt_ids, controls, detokenize, max_stop_bytes=No
         prompt_ids: ragged int32 (B, (n_b)), every n_b >= 1.
         controls: a Controls of (B,) tensors.
         detokenize: ids (B, T) -> strings (B,); used to watch for stop strings.
-        max_stop_bytes: scalar int32, the longest stop string in bytes (0: no stop strings).
     """
     lengths = tf.cast(prompt_ids.row_lengths(), tf.int32)  # (B,)
     ends = lengths + controls.max_new_tokens  # (B,) one past each row's last position
@@ -213,8 +212,7 @@ def generate_tokens(stepper, prompt_ids, controls, detokenize, max_stop_bytes=No
     tokens = prompt_ids.to_tensor(default_value=PAD_ID, shape=tf.stack([batch_size, total]))  # (B, total)
     start = tf.reduce_min(lengths)
     rows = tf.range(batch_size)
-    if max_stop_bytes is None:
-        max_stop_bytes = tf.reduce_max(tf.strings.length(controls.stop))
+    max_stop_bytes = tf.reduce_max(tf.strings.length(controls.stop))  # 0: no stop strings
     plain = (
         tf.reduce_all(controls.top_k == 0)
         & tf.reduce_all(controls.top_p >= 1.0)
