@@ -83,3 +83,20 @@ def preset_config(preset, extra_flags):
     config = train_cli.config_from_flags()
     config.validate()
     return config
+
+
+def numpy_matmul_gflops(size=2048, repeats=10):
+    """The same with numpy's BLAS: the denominator ../shared/MEASUREMENTS.md used for nanoGPT."""
+    import time
+
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((size, size), dtype=np.float32)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9

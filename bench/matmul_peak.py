@@ -9,25 +9,10 @@ for comparison (numpy's BLAS may lack the AVX-512 kernels TensorFlow's oneDNN us
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import common  # noqa: E402  (bench/common.py)
-
-
-def numpy_gflops(size, repeats):
-    import numpy as np
-
-    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
-    b = np.random.default_rng(1).standard_normal((size, size), dtype=np.float32)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best / 1e9
 
 
 def main():
@@ -37,7 +22,7 @@ def main():
     parser.add_argument("--no_write", action="store_true")
     args = parser.parse_args()
     tensorflow = common.matmul_gflops(args.size, args.repeats)
-    numpy = numpy_gflops(args.size, args.repeats)
+    numpy = common.numpy_matmul_gflops(args.size, args.repeats)
     body = (
         f"| fp32 matmul {args.size}² (best of {args.repeats}) | GFLOP/s |\n| --- | --- |\n"
         f"| TensorFlow (the MFU denominator) | {tensorflow:.0f} |\n| numpy | {numpy:.0f} |"

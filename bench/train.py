@@ -10,7 +10,9 @@ directory, with any extra keraslm-train flags applied on top. Reports:
   N = weights used in matmuls, L layers, H width, T context); LSTM 6 * N with N = the gate and
   output matmul weights;
 - MFU = achieved FLOP/s / this machine's fp32 matmul peak, measured (bench/common.matmul_gflops)
-  before and after training in the same run; the higher of the two is the denominator;
+  before and after training in the same run; the higher of the two is the denominator. MFU
+  against numpy's matmul (the denominator ../shared/MEASUREMENTS.md used for nanoGPT) is given
+  beside it: TensorFlow's oneDNN kernels reach about twice numpy's rate here;
 - time to the first evaluation at or under --target_loss, from the start of training.
 """
 
@@ -58,6 +60,7 @@ def main():
     finally:
         shutil.rmtree(os.path.dirname(work_dir), ignore_errors=True)
     peak = max(peak_before, common.matmul_gflops())
+    numpy_peak = common.numpy_matmul_gflops()
 
     tokens_per_step = config.train.batch_size * config.model.sequence_length
     steady = [record["ms_per_step"] for record in records[1:]] or [records[0]["ms_per_step"]]
@@ -72,11 +75,11 @@ def main():
         f"Preset `{args.preset}` ({shape}), {result.step} steps, jit_compile={training.resolve_jit_compile(config)}, "
         f"mixed_precision={config.train.mixed_precision}.\n\n"
         "| final val loss | wall (training) | ms/step median after compile | ms/step whole run | tokens/s | "
-        "model GFLOP/token | achieved GFLOP/s | matmul peak GFLOP/s | MFU | time to val <= "
-        f"{args.target_loss} |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+        "model GFLOP/token | achieved GFLOP/s | matmul peak GFLOP/s (TF / numpy) | MFU (TF / numpy peak) | "
+        f"time to val <= {args.target_loss} |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
         f"| {result.val_loss:.4f} | {result.wall_seconds:.1f} s | {steady_ms:.1f} | {result.ms_per_step:.1f} | "
-        f"{tokens_per_step / (steady_ms / 1000):,.0f} | {flops / 1e9:.4f} | {achieved:.0f} | {peak:.0f} | "
-        f"{achieved / peak:.0%} | {time_to_target} |\n\n"
+        f"{tokens_per_step / (steady_ms / 1000):,.0f} | {flops / 1e9:.4f} | {achieved:.0f} | "
+        f"{peak:.0f} / {numpy_peak:.0f} | {achieved / peak:.0%} / {achieved / numpy_peak:.0%} | {time_to_target} |\n\n"
         "Segments (ms/step): " + ", ".join(f"{record['ms_per_step']:.1f}" for record in records)
     )
     common.report(f"Training: {os.path.basename(args.preset)}", body, args.no_write)
