@@ -5,13 +5,17 @@ import os
 import platform
 import shlex
 import sys
+import time
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "BENCHMARKS.md")
 
 
 def machine():
     """'2 cores, AMD EPYC ..., 24 GiB, no GPU, TF 2.21.0' read off this machine now."""
-    import tensorflow as tf
+    try:
+        import tensorflow as tf
+    except ImportError:  # bench/nanogpt_reference.py runs in a PyTorch venv without TensorFlow
+        tf = None
 
     cpu = platform.processor() or "unknown CPU"
     try:
@@ -23,6 +27,8 @@ def machine():
         memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
         memory_gib = float("nan")
+    if tf is None:
+        return f"{os.cpu_count()} cores, {cpu}, {memory_gib:.0f} GiB"
     gpus = tf.config.list_physical_devices("GPU")
     gpu = ", ".join(tf.config.experimental.get_device_details(g).get("device_name", "GPU") for g in gpus) or "no GPU"
     return f"{os.cpu_count()} cores, {cpu}, {memory_gib:.0f} GiB, {gpu}, TensorFlow {tf.__version__}"
@@ -49,17 +55,20 @@ def matmul_gflops(size=2048, repeats=10):
     The denominator for utilization figures, and a gauge of how loaded this shared machine is
     during a run: measure it in the same run as the figures it qualifies.
     """
-    import time
-
     import tensorflow as tf
 
     a = tf.random.normal([size, size])
     b = tf.random.normal([size, size])
-    tf.matmul(a, b).numpy()  # warm-up
+    return square_matmul_gflops(lambda: tf.matmul(a, b).numpy(), size, repeats)
+
+
+def square_matmul_gflops(matmul, size, repeats):
+    """GFLOP/s of the fastest of `repeats` calls of matmul() (two size x size operands), after a warm-up."""
+    matmul()
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        tf.matmul(a, b).numpy()
+        matmul()
         best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best / 1e9
 
@@ -87,16 +96,8 @@ def preset_config(preset, extra_flags):
 
 def numpy_matmul_gflops(size=2048, repeats=10):
     """The same with numpy's BLAS: the denominator ../shared/MEASUREMENTS.md used for nanoGPT."""
-    import time
-
     import numpy as np
 
     a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
     b = np.random.default_rng(1).standard_normal((size, size), dtype=np.float32)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best / 1e9
+    return square_matmul_gflops(lambda: a @ b, size, repeats)

@@ -112,3 +112,27 @@ def test_mixed_precision_path_trains_and_exports_on_cpu(tmp_path, corpora, model
     assert math.isfinite(loss)
     generated = run_cli("generate", f"--model_dir={export_dir}", "--prompt=KING:", "--max_new_tokens=12", "--seed=3")
     assert generated.returncode == 0 and len(generated.stdout) > len("KING:\n")
+
+
+def test_steps_per_execution_that_does_not_divide_a_segment_runs_every_step(tmp_path, corpora):
+    # Segments of 7 steps with 3 steps per execution: 3 + 3 + 1 each. The run must take exactly
+    # train_steps optimizer steps and learn as the one-step-per-execution run does.
+    import tensorflow as tf  # only to read the checkpoints
+
+    losses = {}
+    for steps_per_execution in (1, 3):
+        work_dir = tmp_path / f"spe{steps_per_execution}"
+        completed = run_cli(
+            "train",
+            *train_args(
+                corpora["english"], work_dir, TINY_TRANSFORMER, "--train_steps=14", "--eval_interval=7",
+                "--eval_steps=2", f"--steps_per_execution={steps_per_execution}",
+            ),
+        )
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        metrics = json.loads((work_dir / "metrics.json").read_text())["evaluations"]
+        assert [record["step"] for record in metrics] == [7, 14]
+        reader = tf.train.load_checkpoint(str(work_dir / "checkpoints"))
+        assert int(reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE")) == 14
+        losses[steps_per_execution] = [record["val_loss"] for record in metrics]
+    assert losses[3] == pytest.approx(losses[1], abs=2e-3)
