@@ -62,15 +62,20 @@ def matmul_gflops(size=2048, repeats=10):
     return square_matmul_gflops(lambda: tf.matmul(a, b).numpy(), size, repeats)
 
 
-def square_matmul_gflops(matmul, size, repeats):
-    """GFLOP/s of the fastest of `repeats` calls of matmul() (two size x size operands), after a warm-up."""
-    matmul()
+def best_seconds(run, repeats):
+    """Seconds of the fastest of `repeats` calls of run(), after one untimed warm-up call."""
+    run()
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        matmul()
+        run()
         best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best / 1e9
+    return best
+
+
+def square_matmul_gflops(matmul, size, repeats):
+    """GFLOP/s of the fastest of `repeats` calls of matmul() (two size x size operands), after a warm-up."""
+    return 2 * size**3 / best_seconds(matmul, repeats) / 1e9
 
 
 def report(title, body, no_write=False):

@@ -13,7 +13,6 @@ small matmuls run well under the 2048² peak, which bounds the MFU such a model 
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,15 +44,12 @@ def shape_gflops(rows, inner, columns, transpose_a, jit_compile, repeats=5, per_
     def matmuls(lefts, b):
         return tuple(tf.matmul(a, b, transpose_a=transpose_a) for a in lefts)
 
-    matmuls(lefts, b)[-1].numpy()
-    best = float("inf")
-    for _ in range(repeats):
-        begun = time.perf_counter()
+    def ten_calls():
         for _ in range(10):
             results = matmuls(lefts, b)
         results[-1].numpy()
-        best = min(best, (time.perf_counter() - begun) / 10)
-    return 2 * rows * inner * columns * per_call / best / 1e9
+
+    return 2 * rows * inner * columns * per_call / (common.best_seconds(ten_calls, repeats) / 10) / 1e9
 
 
 def main():

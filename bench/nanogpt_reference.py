@@ -119,7 +119,7 @@ def main():
     except ImportError:
         sys.exit("bench/nanogpt_reference.py needs PyTorch: pip install torch==2.13.0 numpy")
     torch.manual_seed(1337)
-    batch_size, block_size = 12, 64
+    batch_size, block_size, n_layer, n_head, n_embd = 12, 64, 4, 4, 128
     learning_rate, min_lr, warmup_iters = 1e-3, 1e-4, 100
 
     with open(os.path.join(ROOT, "data", "tinyshakespeare", "input.txt"), encoding="utf-8") as file:
@@ -136,7 +136,7 @@ def main():
         y = torch.from_numpy(np.stack([source[i + 1 : i + 1 + block_size] for i in starts]))
         return x, y
 
-    model = build_gpt(torch, len(chars), block_size, n_layer=4, n_head=4, n_embd=128)
+    model = build_gpt(torch, len(chars), block_size, n_layer, n_head, n_embd)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -199,12 +199,12 @@ def main():
     reached = next((e for e in evaluations if e[1] <= args.target_loss), None)
     # bench/train.py's count (nanoGPT's): 6 * matmul weights + 12 * layers * width * context. The
     # tied embedding counts once, as the output projection; the position table is no matmul.
-    hidden, layers = 128, 4
-    matmul_weights = layers * (4 * hidden * hidden + 2 * hidden * 4 * hidden) + hidden * len(chars)
-    flops_per_token = 6 * matmul_weights + 12 * layers * hidden * block_size
+    matmul_weights = n_layer * (4 * n_embd * n_embd + 2 * n_embd * 4 * n_embd) + n_embd * len(chars)
+    flops_per_token = 6 * matmul_weights + 12 * n_layer * n_embd * block_size
     achieved = flops_per_token * batch_size * block_size / (steady_ms / 1000) / 1e9
     body = (
-        f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads; 4x128, 4 heads, context 64, batch 12, "
+        f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads; {n_layer}x{n_embd}, {n_head} heads, "
+        f"context {block_size}, batch {batch_size}, "
         f"{args.max_iters} iterations.\n\n"
         "| val loss at end (20 batches) | wall incl. evaluations | training only | ms/iter median | "
         f"model GFLOP/token | achieved GFLOP/s | matmul 2048² GFLOP/s (torch / numpy) | MFU (torch / numpy peak) | "
