@@ -30,7 +30,7 @@ def main():
     from keraslm import data
     from keraslm.training import load_trained_model
 
-    config, model, tokenizer = load_trained_model(args.work_dir)
+    config, model, tokenizer, _ = load_trained_model(args.work_dir)
     train = config.train
     text = data.read_text_file(train.valid_data or train.train_data)
     valid = text if train.valid_data else data.split_for_validation(text)[1]

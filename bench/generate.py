@@ -51,7 +51,7 @@ def models(args):
 
     if args.work_dirs:
         for work_dir in args.work_dirs.split(","):
-            config, model, tokenizer = load_trained_model(work_dir, use_cudnn=False)
+            config, model, tokenizer, _ = load_trained_model(work_dir, use_cudnn=False)
             yield f"{config.model.model} ({work_dir})", config, model, tokenizer
         return
     text = data.read_text_file(os.path.join(os.path.dirname(common.BENCHMARKS), "data", "tinyshakespeare", "input.txt"))

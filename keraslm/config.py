@@ -7,7 +7,9 @@ from it.
 
 import dataclasses
 import json
+import math
 import os
+import typing
 from typing import Optional
 
 from keraslm.errors import InvalidInputError
@@ -19,6 +21,23 @@ MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 
 # Vocabulary cap used when --vocabulary_size is 0 for the tokenizers that must have one.
 DEFAULT_SUBWORD_VOCABULARY_SIZE = 8000
+
+# keras.utils.set_random_seed seeds numpy, whose seeds are unsigned 32-bit integers.
+MAX_SEED = 2**32 - 1
+
+
+# Settings become float32 tensors: a larger magnitude turns into infinity there.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _check_finite(config, names):
+    """NaN and infinity pass every `<` and `>` test against them, so they are refused first."""
+    for name in names:
+        value = getattr(config, name)
+        if not math.isfinite(value):
+            raise InvalidInputError(f"--{name}={value} must be a finite number")
+        if abs(value) > FLOAT32_MAX:
+            raise InvalidInputError(f"--{name}={value} is beyond float32's range (about 3.4e38); use a smaller value")
 
 
 @dataclasses.dataclass
@@ -63,6 +82,7 @@ class ModelConfig:
         return self.intermediate_dim or 4 * self.hidden_dim
 
     def validate(self):
+        _check_finite(self, ("dropout",))
         if self.model not in MODELS:
             raise InvalidInputError(f"--model={self.model!r} is not known; use one of {', '.join(MODELS)}")
         for name in ("hidden_dim", "num_layers", "num_heads"):
@@ -116,6 +136,7 @@ class TrainConfig:
         return self.warmup_steps
 
     def validate(self):
+        _check_finite(self, ("learning_rate", "min_learning_rate", "weight_decay", "beta_1", "beta_2", "gradient_clip_norm"))
         if not self.train_data:
             raise InvalidInputError("--train_data is required: a UTF-8 text file to train on")
         for name in ("batch_size", "train_steps", "eval_interval", "steps_per_execution"):
@@ -138,6 +159,13 @@ class TrainConfig:
             raise InvalidInputError(
                 f"--warmup_steps={self.warmup_steps} must be smaller than --train_steps={self.train_steps}"
             )
+        # beta = 1 freezes Adam's moment estimate at zero, and the update divides by it: NaN.
+        for name in ("beta_1", "beta_2"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise InvalidInputError(f"--{name}={value} must be in [0, 1) (0.9 and 0.99 are typical)")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise InvalidInputError(f"--seed={self.seed} must be between 0 and {MAX_SEED}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise InvalidInputError(
                 f"--mixed_precision={self.mixed_precision!r} is not known; use one of {', '.join(MIXED_PRECISION)}"
@@ -156,6 +184,8 @@ class ExportConfig:
     kv_cache: bool = True
 
     def validate(self):
+        # A non-finite default temperature would make every serving_default request fail.
+        _check_finite(self, ("temperature",))
         if not 1 <= self.max_new_tokens <= self.max_new_tokens_limit:
             raise InvalidInputError(
                 f"--max_new_tokens={self.max_new_tokens} must be between 1 and {self.max_new_tokens_limit}"
@@ -185,35 +215,76 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data, source="config"):
+        if not isinstance(data, dict):
+            raise InvalidInputError(f"{source}: not a JSON object but {_json_type(data)}")
         sections = {"tokenizer": TokenizerConfig, "model": ModelConfig, "train": TrainConfig}
         kwargs = {}
         for key, value in data.items():
             if key in sections:
                 kwargs[key] = _dataclass_from_dict(sections[key], value, f"{source}: {key}")
             elif key == "task":
+                _check_type(value, str, f"{source}: task")
                 kwargs[key] = value
             else:
                 raise InvalidInputError(f"{source}: unknown field {key!r}")
         return cls(**kwargs)
 
 
+def _json_type(value):
+    names = {dict: "an object", list: "an array", str: "a string", bool: "true/false", int: "an integer", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _check_type(value, annotation, where):
+    """A JSON value against a dataclass field's type (int, float, str, bool or Optional of one)."""
+    allowed = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Union else (annotation,)
+    if value is None and type(None) in allowed:
+        return
+    for kind in allowed:
+        # JSON has no int/bool distinction Python respects: true is not a count, 3 is a fine float.
+        if kind is bool and isinstance(value, bool):
+            return
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if kind is str and isinstance(value, str):
+            return
+    expected = " or ".join("null" if kind is type(None) else kind.__name__ for kind in allowed)
+    raise InvalidInputError(f"{where} is {_json_type(value)} ({value!r}); expected {expected}")
+
+
 def _dataclass_from_dict(cls, data, where):
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{where}: not a JSON object but {_json_type(data)}")
     names = {field.name for field in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise InvalidInputError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        _check_type(value, hints[key], f"{where}.{key}")
     return cls(**data)
 
 
 def write_json_atomic(path, data):
     """Writes JSON so that a reader (or a crash) never sees a half-written file."""
     temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as file:
-        json.dump(data, file, indent=2, ensure_ascii=False)
-        file.write("\n")
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w", encoding="utf-8") as file:
+            json.dump(data, file, indent=2, ensure_ascii=False)
+            file.write("\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException as error:
+        # A full disk or a permission error must not leave a stray temporary file.
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        if isinstance(error, OSError):
+            # Name the file the user knows, not the temporary one.
+            raise type(error)(error.errno, error.strerror, str(path)) from None
+        raise
 
 
 def save_run_config(config, path):
@@ -221,12 +292,23 @@ def save_run_config(config, path):
 
 
 def load_run_config(path):
+    """Reads a config.json; anything unreadable is an InvalidInputError naming the file."""
+    advice = "restore it from a backup or the export's assets/config.json, or delete the work directory to start over"
     try:
         with open(path, encoding="utf-8") as file:
             data = json.load(file)
-    except json.JSONDecodeError as error:
-        raise InvalidInputError(f"{path}: not valid JSON ({error}); remove the work directory and start again") from None
-    return RunConfig.from_dict(data, source=path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InvalidInputError(f"{path}: not valid JSON ({error}); {advice}") from None
+    except OSError as error:
+        raise InvalidInputError(f"{path}: cannot read ({error.strerror})") from None
+    try:
+        config = RunConfig.from_dict(data, source=path)
+        config.tokenizer.validate()
+        config.model.validate()
+    except InvalidInputError as error:
+        message = str(error) if str(error).startswith(str(path)) else f"{path}: {error}"
+        raise InvalidInputError(f"{message}; {advice}") from None
+    return config
 
 
 def config_differences(old, new):

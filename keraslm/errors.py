@@ -16,3 +16,7 @@ class InvalidInputError(UserInputError, ValueError):
 
 class InputNotFoundError(UserInputError, FileNotFoundError):
     """A path the user gave does not exist or is not the kind of path expected."""
+
+
+class TrainingDivergedError(UserInputError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""

@@ -53,10 +53,24 @@ def evaluate_text(model, text, sequence_length, progress=True):
     loss = -log_likelihood / num_tokens
     return {
         "loss": loss,
-        "perplexity": math.exp(loss),
-        "bits_per_byte": -log_likelihood / math.log(2) / num_bytes,
+        # math.exp raises OverflowError past e**709; a model that bad has an infinite perplexity.
+        "perplexity": math.exp(loss) if loss < 709 else float("inf"),
+        # A first token decoded longer than its text ([UNK] shows as U+FFFD, 3 bytes) can leave
+        # no bytes to divide by.
+        "bits_per_byte": -log_likelihood / math.log(2) / num_bytes if num_bytes > 0 else float("nan"),
         "num_tokens": num_tokens,
         "num_bytes": num_bytes,
+    }
+
+
+def json_safe(metrics):
+    """The metrics with NaN and infinities as None, so json.dumps(..., allow_nan=False) accepts them.
+
+    A model whose weights hold NaN (a diverged run exported anyway) scores NaN; JSON has no NaN,
+    and Python's json writes a bare `NaN` that strict parsers reject.
+    """
+    return {
+        key: None if isinstance(value, float) and not math.isfinite(value) else value for key, value in metrics.items()
     }
 
 

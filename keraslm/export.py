@@ -15,6 +15,8 @@ batched with one value per row:
 """
 
 import dataclasses
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -24,7 +26,16 @@ import tensorflow as tf
 
 from keraslm.config import ExportConfig, write_json_atomic
 from keraslm.errors import InvalidInputError
-from keraslm.generation import Controls, cut_at_stop, generate_tokens, mask_special_tokens, validate_controls
+from keraslm.files import is_disk_full, pid_alive
+from keraslm.generation import (
+    SMALL_BATCH,
+    Controls,
+    cut_at_stop,
+    generate_tokens,
+    is_plain,
+    mask_special_tokens,
+    validate_controls,
+)
 from keraslm.models import make_stepper
 from keraslm.scoring import score_token_ids, score_windows
 from keraslm.tokenizers import PAD_ID
@@ -60,7 +71,12 @@ class LanguageModelServer(tf.Module):
         super().__init__(name="keraslm")
         self.tokenizer = tokenizer
         self.config_file = tf.saved_model.Asset(config_path)
-        self.model_variables = list(model.variables)
+        # The tf.Variables inside Keras 3's variables, not the Keras wrappers: a tracked wrapper
+        # is saved as a second copy of each variable, which the checkpoint restores while the
+        # functions read the first, so TF Serving and every TF1-style loader found the weights
+        # uninitialized ("Could not find variable ..."; keras-team/keras#20095). Only
+        # tf.saved_model.load, which pairs them up, could run those exports.
+        self.model_variables = [_tf_variable(variable) for variable in model.variables]
         # A SimpleNamespace is not trackable, so the Keras objects stay out of the SavedModel.
         self._keras = types.SimpleNamespace(
             model=model,
@@ -73,6 +89,15 @@ class LanguageModelServer(tf.Module):
             python_function, input_signature=list(signature), autograph=False
         )
         self.generate = tf.function(self._generate, input_signature=[_GENERATE_SIGNATURE], autograph=False)
+        # One function per variant of the decoding loop (generation.VARIANTS); `generate` and
+        # `serving_default` call the one a request needs, so the SavedModel holds each loop once
+        # (not once per signature). keraslm.load calls the variant directly: a first call then
+        # prepares one loop's graph instead of all three (BENCHMARKS.md, "Start-up").
+        self.generate_plain_small = tf.function(
+            self._generate_plain_small, input_signature=[_GENERATE_SIGNATURE], autograph=False
+        )
+        self.generate_plain = tf.function(self._generate_plain, input_signature=[_GENERATE_SIGNATURE], autograph=False)
+        self.generate_full = tf.function(self._generate_full, input_signature=[_GENERATE_SIGNATURE], autograph=False)
         self.serving_default = function(self._serving_default, tf.TensorSpec([None], tf.string, name="prompt"))
         self.score = function(self._score, tf.TensorSpec([None], tf.string, name="text"))
         self.tokenize = function(self._tokenize, _STRINGS)
@@ -95,13 +120,37 @@ class LanguageModelServer(tf.Module):
 
     def _generate(self, inputs):
         controls = Controls(**{name: inputs[name] for name in Controls._fields})
+        variants = {"plain_small": self.generate_plain_small, "plain": self.generate_plain, "full": self.generate_full}
+        call = lambda variant: lambda: variants[variant](inputs)  # noqa: E731
+        small_batch = tf.size(inputs["prompt"]) <= SMALL_BATCH
+        # choose_variant, in the graph.
+        return tf.cond(is_plain(controls), lambda: tf.cond(small_batch, call("plain_small"), call("plain")), call("full"))
+
+    def _generate_plain_small(self, inputs):
+        return self._generate_variant(inputs, "plain_small")
+
+    def _generate_plain(self, inputs):
+        return self._generate_variant(inputs, "plain")
+
+    def _generate_full(self, inputs):
+        return self._generate_variant(inputs, "full")
+
+    def _generate_variant(self, inputs, variant):
+        controls = Controls(**{name: inputs[name] for name in Controls._fields})
         prompt = inputs["prompt"]
         checks = validate_controls(controls, tf.size(prompt), self._export_config.max_new_tokens_limit)
+        if variant != "full":
+            # A plain loop would silently ignore these controls.
+            checks.append(
+                tf.debugging.Assert(
+                    is_plain(controls), [f"generate_{variant} takes no top_k, top_p, repetition_penalty or stop; use generate"]
+                )
+            )
         with tf.control_dependencies(checks):
             # An empty prompt starts from a line break, as nanoGPT's sampler does.
             prompt = tf.where(tf.strings.length(prompt) > 0, prompt, "\n")
         new_ids, num_tokens = generate_tokens(
-            self._keras.stepper, self.tokenizer.tokenize(prompt), controls, self.tokenizer.detokenize
+            self._keras.stepper, self.tokenizer.tokenize(prompt), controls, self.tokenizer.detokenize, variant=variant
         )
         text = cut_at_stop(self.tokenizer.detokenize(new_ids), controls.stop)
         # Byte-level and subword models can stop inside a multi-byte character; serving clients
@@ -152,13 +201,30 @@ class LanguageModelServer(tf.Module):
         return {"log_likelihood": log_likelihood, "num_tokens": num_tokens}
 
 
+_STAGING_PREFIX = ".tmp-export-"
+
+
+def _remove_dead_staging(export_dir):
+    """Removes staging directories of exports killed midway (kill -9, power loss)."""
+    for name in os.listdir(export_dir):
+        pid = name[len(_STAGING_PREFIX):].split("-", 1)[0]
+        if name.startswith(_STAGING_PREFIX) and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
+
+
+def _tf_variable(variable):
+    """The tf.Variable a Keras 3 variable holds (outside any autocast scope, `.value` is it)."""
+    value = getattr(variable, "value", variable)
+    return value if isinstance(value, tf.Variable) else variable
+
+
 def next_version(export_dir):
     """1 + the largest integer-named subdirectory (TF Serving serves the largest)."""
     versions = [int(name) for name in os.listdir(export_dir) if name.isdigit()] if os.path.isdir(export_dir) else []
     return max(versions, default=0) + 1
 
 
-def export_language_model(model, tokenizer, run_config, export_dir, export_config=None, verbose=True):
+def export_language_model(model, tokenizer, run_config, export_dir, export_config=None, verbose=True, source=None):
     """Writes <export_dir>/<next version>/ and returns its path.
 
     The version directory appears complete or not at all: it is written under a temporary name
@@ -169,11 +235,15 @@ def export_language_model(model, tokenizer, run_config, export_dir, export_confi
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
         raise InvalidInputError(f"--export_dir={export_dir} is a file, not a directory; pick another --export_dir")
     os.makedirs(export_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".tmp-export-", dir=export_dir)
+    _remove_dead_staging(export_dir)
+    # The PID in the name lets a later export tell a dead export's leftovers from a live one's.
+    staging = tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=export_dir)
     try:
         config_path = os.path.join(staging, "source", CONFIG_ASSET)
         os.makedirs(os.path.dirname(config_path))
-        write_json_atomic(config_path, {**run_config.to_dict(), "export": dataclasses.asdict(export_config)})
+        # "source" names the checkpoint exported, so a re-run can tell an export is up to date.
+        asset = {**run_config.to_dict(), "export": dataclasses.asdict(export_config)}
+        write_json_atomic(config_path, {**asset, "source": source} if source else asset)
         server = LanguageModelServer(model, tokenizer, run_config, export_config, config_path)
         saved_model_dir = os.path.join(staging, "saved_model")
         tf.saved_model.save(server, saved_model_dir, signatures=server.signatures())
@@ -193,7 +263,57 @@ def export_language_model(model, tokenizer, run_config, export_dir, export_confi
     return version_dir
 
 
-def export_from_work_dir(work_dir, export_dir, export_config=None, verbose=True):
-    """Exports the latest checkpoint of a training work directory."""
-    run_config, model, tokenizer = load_trained_model(work_dir, use_cudnn=False)
-    return export_language_model(model, tokenizer, run_config, export_dir, export_config, verbose)
+def _checkpoint_source(work_dir, checkpoint):
+    """What identifies the weights of an export: the run, the checkpoint and its index file's hash."""
+    with open(f"{checkpoint}.index", "rb") as file:
+        digest = hashlib.sha256(file.read()).hexdigest()
+    return {"work_dir": os.path.realpath(work_dir), "checkpoint": os.path.basename(checkpoint), "index_sha256": digest}
+
+
+def _newest_export_of(export_dir, source, export_config):
+    """The newest complete version in export_dir if it holds exactly this checkpoint and settings."""
+    if not os.path.isdir(export_dir):
+        return None
+    versions = sorted((int(name) for name in os.listdir(export_dir) if name.isdigit()), reverse=True)
+    for version in versions:
+        version_dir = os.path.join(export_dir, str(version))
+        try:
+            with open(os.path.join(version_dir, "assets", CONFIG_ASSET), encoding="utf-8") as file:
+                exported = json.load(file)
+        except (OSError, ValueError):
+            continue  # Incomplete or foreign: not the newest complete keraslm export.
+        if not os.path.isfile(os.path.join(version_dir, "saved_model.pb")):
+            continue
+        same = exported.get("source") == source and exported.get("export") == dataclasses.asdict(export_config)
+        return version_dir if same else None
+    return None
+
+
+def export_from_work_dir(work_dir, export_dir, export_config=None, verbose=True, only_if_changed=False):
+    """Exports the latest readable checkpoint of a training work directory; returns the version dir.
+
+    only_if_changed: when the newest version in export_dir already holds this checkpoint with the
+    same export settings, say so and return it instead of writing an identical new version.
+    """
+    export_config = export_config or ExportConfig()
+    run_config, model, tokenizer, checkpoint = load_trained_model(work_dir, use_cudnn=False)
+    source = _checkpoint_source(work_dir, checkpoint)
+    if only_if_changed:
+        existing = _newest_export_of(export_dir, source, export_config)
+        if existing:
+            if verbose:
+                print(f"keraslm: {existing} already holds {source['checkpoint']} of this run; not exporting it again", flush=True)
+            return existing
+    try:
+        return export_language_model(model, tokenizer, run_config, export_dir, export_config, verbose, source=source)
+    except (OSError, tf.errors.OpError) as error:
+        if is_disk_full(error):
+            reason = "no space left on device"
+        elif isinstance(error, PermissionError) or "Permission denied" in str(error):
+            reason = "permission denied"
+        else:
+            raise
+        raise InvalidInputError(
+            f"{reason} while exporting to --export_dir={export_dir}; nothing new was written there "
+            "(earlier versions and the work directory are untouched). Fix that and export again"
+        ) from None

@@ -196,7 +196,31 @@ def cut_at_stop(texts, stops):
 # === The loop ===
 
 
-def generate_tokens(stepper, prompt_ids, controls, detokenize):
+def is_plain(controls):
+    """True (a scalar) when no row uses top-k, top-p, a repetition penalty or a stop string.
+
+    Such requests run the loop without those ops (the "plain" variants).
+    """
+    return (
+        tf.reduce_all(controls.top_k == 0)
+        & tf.reduce_all(controls.top_p >= 1.0)
+        & tf.reduce_all(tf.equal(controls.repetition_penalty, 1.0))
+        & tf.equal(tf.reduce_max(tf.strings.length(controls.stop)), 0)
+    )
+
+
+# The loop's traced variants: (full controls, small-batch arithmetic) of each.
+VARIANTS = {"plain_small": (False, True), "plain": (False, False), "full": (True, False)}
+
+
+def choose_variant(plain, batch_size):
+    """The variant generate_tokens(variant=None) runs, from is_plain's value and the batch size."""
+    if not plain:
+        return "full"
+    return "plain_small" if batch_size <= SMALL_BATCH else "plain"
+
+
+def generate_tokens(stepper, prompt_ids, controls, detokenize, variant=None):
     """Continues each prompt; returns (new token ids, ragged (B, (num_tokens[b])), num_tokens).
 
     Args:
@@ -204,6 +228,9 @@ def generate_tokens(stepper, prompt_ids, controls, detokenize):
         prompt_ids: ragged int32 (B, (n_b)), every n_b >= 1.
         controls: a Controls of (B,) tensors.
         detokenize: ids (B, T) -> strings (B,); used to watch for stop strings.
+        variant: None traces every variant of the loop and picks one per call (choose_variant);
+            a key of VARIANTS traces only that one. A plain variant ignores top-k, top-p, the
+            repetition penalty and stop strings, so callers pick one only when is_plain holds.
     """
     lengths = tf.cast(prompt_ids.row_lengths(), tf.int32)  # (B,)
     ends = lengths + controls.max_new_tokens  # (B,) one past each row's last position
@@ -213,12 +240,6 @@ def generate_tokens(stepper, prompt_ids, controls, detokenize):
     start = tf.reduce_min(lengths)
     rows = tf.range(batch_size)
     max_stop_bytes = tf.reduce_max(tf.strings.length(controls.stop))  # 0: no stop strings
-    plain = (
-        tf.reduce_all(controls.top_k == 0)
-        & tf.reduce_all(controls.top_p >= 1.0)
-        & tf.reduce_all(tf.equal(controls.repetition_penalty, 1.0))
-        & tf.equal(max_stop_bytes, 0)
-    )
 
     def stopped_now(tokens, position):
         """Rows whose text generated so far ends with (contains, in its last tokens) the stop."""
@@ -282,11 +303,15 @@ def generate_tokens(stepper, prompt_ids, controls, detokenize):
 
     vocabulary_size = stepper.vocabulary_size
     inverse_temperature_per_row = inverse_temperature(controls)
-    tokens, num_tokens = tf.cond(
-        plain,
-        lambda: tf.cond(batch_size <= SMALL_BATCH, lambda: run(False, small_batch=True), lambda: run(False)),
-        lambda: run(True),
-    )
+    if variant is None:
+        tokens, num_tokens = tf.cond(
+            is_plain(controls),
+            lambda: tf.cond(batch_size <= SMALL_BATCH, lambda: run(False, small_batch=True), lambda: run(False)),
+            lambda: run(True),
+        )
+    else:
+        full_controls, small_batch = VARIANTS[variant]
+        tokens, num_tokens = run(full_controls, small_batch=small_batch)
     offsets = tf.range(tf.reduce_max(num_tokens))[None, :]  # (1, N)
     new_tokens = tf.gather(tokens, tf.minimum(lengths[:, None] + offsets, total - 1), batch_dims=1)  # (B, N)
     return tf.RaggedTensor.from_tensor(new_tokens, lengths=num_tokens), num_tokens

@@ -1,41 +1,81 @@
 """The Python API over an exported model: `keraslm.load(path)` -> generate / score / beam search.
 
-Loading and sampling need only TensorFlow and tensorflow-text, like any TF Serving client; beam
-search borrows keras-nlp's BeamSampler, imported only when asked for.
+Loading and sampling need only TensorFlow and tensorflow-text's ops, like any TF Serving client;
+beam search borrows keras-nlp's BeamSampler, imported only when asked for.
+
+The SavedModel runs in a TF1-style graph Session, as TF Serving runs it, not through
+`tf.saved_model.load`, which rebuilds every function of the SavedModel as a Python graph before
+the first call (seconds for a small model). Functions are imported into the Session when first
+called, and generation calls the one decoding-loop variant a request needs, so a first call
+prepares one loop instead of three. BENCHMARKS.md ("Start-up") has the figures.
 """
 
 import json
 import os
 import random
 import re
+import sys
+import threading
 import typing
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_text  # noqa: F401  Registers the tokenizer ops the SavedModel uses.
 
 from keraslm.errors import InputNotFoundError, InvalidInputError
+from keraslm.tf_import import import_tensorflow_quietly, native_stderr_captured, register_text_ops
+
+tf = import_tensorflow_quietly()
+register_text_ops()  # The tokenizer ops the SavedModel uses.
+
+# The runtime pieces keraslm.tf_import imported; using them (rather than `tf.`) leaves the rest
+# of TensorFlow unimported (tf_import's docstring). `tf.` is for the fallbacks and beam search.
+# pylint: disable=wrong-import-position
+from google.protobuf.message import DecodeError  # noqa: E402  (protobuf comes with TensorFlow)
+from tensorflow.core.framework import graph_pb2  # noqa: E402
+from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2, saved_model_pb2  # noqa: E402
+from tensorflow.python.client import session as tf_session  # noqa: E402
+from tensorflow.python.framework import dtypes, errors, importer, ops  # noqa: E402
+from tensorflow.python.ops import array_ops, gen_functional_ops, gen_resource_variable_ops  # noqa: E402
+
+CONFIG_ASSET = "config.json"
+
+# keraslm-generate's defaults, which generate() shares.
+DEFAULT_MAX_NEW_TOKENS = 200
+DEFAULT_TEMPERATURE = 0.8
+
+# keraslm.generation.SMALL_BATCH and choose_variant, restated here because importing
+# keraslm.generation would import tensorflow-text's Python package and with it Keras (seconds);
+# tests/test_inference.py checks that the two agree.
+SMALL_BATCH = 8
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def resolve_model_dir(model_dir):
-    """A version directory as given, or the largest numbered version inside a base directory."""
+    """A version directory as given, or the largest complete numbered version of a base directory.
+
+    A newer numbered directory without saved_model.pb (an export in progress, or one that died)
+    is skipped with a one-line note on stderr.
+    """
     if not os.path.isdir(model_dir):
         raise InputNotFoundError(
             f"--model_dir={model_dir}: no such directory; pass the --export_dir of keraslm-train or keraslm-export"
         )
     if os.path.isfile(os.path.join(model_dir, "saved_model.pb")):
         return model_dir
-    versions = [
-        name
-        for name in os.listdir(model_dir)
-        if name.isdigit() and os.path.isfile(os.path.join(model_dir, name, "saved_model.pb"))
-    ]
-    if not versions:
+    numbered = sorted((name for name in os.listdir(model_dir) if name.isdigit()), key=int)
+    complete = [name for name in numbered if os.path.isfile(os.path.join(model_dir, name, "saved_model.pb"))]
+    if not complete:
+        versions = f" (version directories {', '.join(numbered)} have none)" if numbered else ""
         raise InvalidInputError(
-            f"--model_dir={model_dir} has no saved_model.pb and no numbered version directory with one; "
+            f"--model_dir={model_dir} has no saved_model.pb and no numbered version directory with one{versions}; "
             "pass a directory written by keraslm-export (or its version subdirectory)"
         )
-    return os.path.join(model_dir, max(versions, key=int))
+    chosen = os.path.join(model_dir, complete[-1])
+    if numbered[-1] != complete[-1]:
+        newest = os.path.join(model_dir, numbered[-1])
+        # stderr, one line: stdout carries the generated text.
+        print(f"keraslm: note: {newest} has no saved_model.pb (incomplete export?); using {chosen}", file=sys.stderr, flush=True)
+    return chosen
 
 
 class Score(typing.NamedTuple):
@@ -47,6 +87,42 @@ class Score(typing.NamedTuple):
         return float(np.exp(-self.log_likelihood / self.num_tokens)) if self.num_tokens else float("nan")
 
 
+def utf8_error(text):
+    """None if `text` encodes as UTF-8, else what is wrong ("byte 0xff at byte offset 3 is ...").
+
+    Command-line arguments that are not UTF-8 reach Python as lone surrogates (surrogateescape);
+    encoding them back that way recovers the bytes that were passed.
+    """
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        pass
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+        data.decode("utf-8")
+    except UnicodeEncodeError:
+        return "it holds a lone surrogate code point, which has no UTF-8 encoding"
+    except UnicodeDecodeError as error:
+        return f"byte 0x{data[error.start]:02x} at byte offset {error.start} is not valid UTF-8"
+    return "it is not valid UTF-8"
+
+
+def _encoded(name, texts):
+    """UTF-8 bytes of each str, as the object array a Session feeds, or an error naming the bad one."""
+    encoded = []
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidInputError(f"{name}[{index}] is a {type(text).__name__}, not a str")
+        problem = utf8_error(text)
+        if problem:
+            raise InvalidInputError(f"{name}[{index}] is not UTF-8 text: {problem}; pass UTF-8 text")
+        encoded.append(text.encode("utf-8"))
+    array = np.empty(len(encoded), dtype=object)
+    array[:] = encoded
+    return array
+
+
 def _values(name, value, count):
     """A control as a list of `count` values: one value broadcast, or exactly one per prompt."""
     if isinstance(value, (list, tuple, np.ndarray)):
@@ -56,8 +132,233 @@ def _values(name, value, count):
     return [value] * count
 
 
-def _per_row(name, value, count, dtype):
-    return tf.constant(_values(name, value, count), dtype)
+def _variant(controls, batch_size):
+    """keraslm.generation.choose_variant(is_plain(controls), batch_size), on the numpy inputs."""
+    plain = (
+        np.all(controls["top_k"] == 0)
+        and np.all(controls["top_p"] >= np.float32(1.0))
+        and np.all(controls["repetition_penalty"] == np.float32(1.0))
+        and all(len(stop) == 0 for stop in controls["stop"])
+    )
+    if not plain:
+        return "full"
+    return "plain_small" if batch_size <= SMALL_BATCH else "plain"
+
+
+def _damaged(model_dir, path, error):
+    detail = error.message if isinstance(error, errors.OpError) else str(error)
+    # TF's "Graph execution error:" preamble and [[{{node ...}}]] trailers say nothing to a user.
+    detail = re.sub(r"\[\[.*?\]\]|Graph execution error:", " ", detail, flags=re.S)
+    detail = " ".join(detail.split()) or type(error).__name__
+    if len(detail) > 300:
+        detail = detail[:300] + "..."
+    where = f"--model_dir={model_dir}"
+    if os.path.normpath(model_dir) != os.path.normpath(path):
+        where += f" ({path})"
+    return InvalidInputError(
+        f"{where} is a damaged or incomplete export ({detail}); export it again with keraslm-export "
+        f"--work_dir=<its training directory> --export_dir={os.path.dirname(os.path.normpath(path))}"
+    )
+
+
+def _call_config():
+    """Graph optimization for the SavedModel's functions: grappler without constant folding and
+    layout optimization, which took about half of a first call's set-up here and do not make
+    decoding faster (BENCHMARKS.md, "Start-up")."""
+    config = config_pb2.ConfigProto()
+    rewrite = config.graph_options.rewrite_options
+    rewrite.constant_folding = rewriter_config_pb2.RewriterConfig.OFF
+    rewrite.layout_optimizer = rewriter_config_pb2.RewriterConfig.OFF
+    return config
+
+
+def _function_references(node_defs):
+    names = set()
+    for node in node_defs:
+        for value in node.attr.values():
+            if value.func.name:
+                names.add(value.func.name)
+            names.update(function.name for function in value.list.func)
+    return names
+
+
+class _SavedModelSession:
+    """A SavedModel's graph in a TF1-style Session: how TF Serving runs it.
+
+    Loading imports the graph's variables, tables and initializers (not its functions), restores
+    the checkpoint and runs the asset initializers (the vocabulary tables). Functions are
+    imported on first call: the signatures, and the functions the root object keeps for the
+    Python API (tokenize, detokenize, ..., the decoding-loop variants), which only
+    tf.saved_model.load would otherwise reach. A function is called with the variables, tables
+    and constants it captured, found by their SavedObjectGraph ids through the signatures, which
+    capture all of them.
+    """
+
+    def __init__(self, path):
+        saved_model = saved_model_pb2.SavedModel()
+        with open(os.path.join(path, "saved_model.pb"), "rb") as file:
+            try:
+                saved_model.ParseFromString(file.read())
+            except DecodeError as error:
+                raise ValueError(f"saved_model.pb cannot be parsed: {error}") from None
+        meta_graphs = [graph for graph in saved_model.meta_graphs if "serve" in graph.meta_info_def.tags]
+        if not meta_graphs:
+            raise ValueError("saved_model.pb has no MetaGraph tagged 'serve'")
+        meta_graph = meta_graphs[0]
+        self.signature_defs = {
+            name: signature for name, signature in meta_graph.signature_def.items() if not name.startswith("__")
+        }
+        self.asset_files = [asset.filename for asset in meta_graph.asset_file_def]
+        self._library = {function.signature.name: function for function in meta_graph.graph_def.library.function}
+        self._objects = meta_graph.object_graph_def
+        self._versions = meta_graph.graph_def.versions
+        self._config = _call_config().SerializeToString()
+        graph_nodes = {node.name: node for node in meta_graph.graph_def.node}
+        self._signature_calls = {}  # signature name -> its call node in saved_model.pb
+        self._captures = {}  # SavedObjectGraph node id -> the graph tensor that holds it
+        for name, signature in self.signature_defs.items():
+            call = graph_nodes[next(iter(signature.outputs.values())).name.split(":")[0]]
+            self._signature_calls[name] = call
+            bound_inputs = self._objects.concrete_functions[call.attr["f"].func.name].bound_inputs
+            explicit = len(call.input) - len(bound_inputs)
+            for node_id, tensor in zip(bound_inputs, call.input[explicit:]):
+                self._captures[node_id] = tensor if ":" in tensor else tensor + ":0"
+        calls = {call.name for call in self._signature_calls.values()}
+        nodes = [node for node in meta_graph.graph_def.node if node.name not in calls]
+        self._graph = ops.Graph()
+        self._imported = set()
+        self._import_functions(_function_references(nodes), nodes)
+        session_config = config_pb2.ConfigProto()
+        # The top-level graph is only placeholders and calls; each call optimizes its function.
+        session_config.graph_options.rewrite_options.disable_meta_optimizer = True
+        session_config.graph_options.optimizer_options.opt_level = config_pb2.OptimizerOptions.L0
+        self._session = tf_session.Session(graph=self._graph, config=session_config)
+        saver = meta_graph.saver_def
+        try:
+            self._session.run(saver.restore_op_name, {saver.filename_tensor_name: os.path.join(path, "variables", "variables")})
+        except errors.OpError as error:
+            raise ValueError(f"the weights in variables/ cannot be read: {error.message}") from None
+        for name in self.asset_files:
+            # Some are read by the initializers below, others never (the sentencepiece model also
+            # travels inside the graph); either way the export is not what keraslm-export wrote.
+            if not os.path.isfile(os.path.join(path, "assets", name)):
+                raise ValueError(f"assets/{name} is missing")
+        init = meta_graph.signature_def.get("__saved_model_init_op")
+        if init is not None:
+            assets = {
+                asset.tensor_info.name: os.path.join(path, "assets", asset.filename) for asset in meta_graph.asset_file_def
+            }
+            self._session.run(init.outputs["__saved_model_init_op"].name, assets)
+        # The resources the functions capture are created now rather than in a first call: the
+        # sentencepiece model's loader logs "normalizer.cc(51) LOG(INFO) ..." to descriptor 2.
+        with native_stderr_captured():
+            self._session.run([self._graph.get_tensor_by_name(name).op for name in set(self._captures.values())])
+        with self._graph.as_default():
+            handles = [op.outputs[0] for op in self._graph.get_operations() if op.type == "VarHandleOp"]
+            initialized = [gen_resource_variable_ops.var_is_initialized_op(handle) for handle in handles]
+        # False for exports whose functions read variables the checkpoint does not restore
+        # (keraslm before it tracked Keras 3's inner tf.Variables); tf.saved_model.load runs them.
+        self.usable = all(self._session.run(initialized)) if initialized else True
+        self._callables = {}
+        self._lock = threading.Lock()
+
+    def _import_functions(self, names, nodes=()):
+        """Adds the named functions, the functions they call and `nodes` to the graph."""
+        pending, needed = list(names), []
+        while pending:
+            name = pending.pop()
+            if name in self._imported:
+                continue
+            if name not in self._library:
+                raise ValueError(f"saved_model.pb lacks the function {name}")
+            self._imported.add(name)
+            function = self._library[name]
+            for node in function.node_def:
+                if node.op in ("StatefulPartitionedCall", "PartitionedCall"):
+                    node.attr["config_proto"].s = self._config
+            needed.append(function)
+            pending.extend(_function_references(function.node_def))
+        graph_def = graph_pb2.GraphDef(versions=self._versions, node=list(nodes))
+        graph_def.library.function.extend(needed)
+        with self._graph.as_default():
+            importer.import_graph_def(graph_def, name="")
+
+    def _make_call(self, function_name, captures):
+        """callable(*explicit inputs) -> list of outputs, for a function of the library."""
+        function = self._library.get(function_name)
+        if function is None:
+            raise ValueError(f"saved_model.pb lacks the function {function_name}")
+        self._import_functions([function_name])
+        explicit = function.signature.input_arg[: len(function.signature.input_arg) - len(captures)]
+        with self._graph.as_default():
+            feeds = [array_ops.placeholder(dtypes.as_dtype(arg.type)) for arg in explicit]
+            outputs = gen_functional_ops.stateful_partitioned_call(
+                args=feeds + [self._graph.get_tensor_by_name(name) for name in captures],
+                Tout=[dtypes.as_dtype(arg.type) for arg in function.signature.output_arg],
+                f=function_name,
+                config_proto=self._config,
+            )
+        return self._session.make_callable(list(outputs), feeds), [arg.name for arg in explicit]
+
+    def signature(self, name):
+        """callable(**inputs) -> {output name: array} for a signature."""
+        with self._lock:
+            if ("signature", name) not in self._callables:
+                signature, call = self.signature_defs[name], self._signature_calls[name]
+                bound_inputs = self._objects.concrete_functions[call.attr["f"].func.name].bound_inputs
+                explicit = call.input[: len(call.input) - len(bound_inputs)]
+                captures = [tensor if ":" in tensor else tensor + ":0" for tensor in call.input[len(explicit) :]]
+                function, _ = self._make_call(call.attr["f"].func.name, captures)
+                position = {tensor: index for index, tensor in enumerate(explicit)}
+                inputs = sorted(signature.inputs, key=lambda key: position[signature.inputs[key].name.split(":")[0]])
+                outputs = {key: int(info.name.split(":")[1]) for key, info in signature.outputs.items()}
+
+                def call_signature(**values):
+                    results = function(*[values[key] for key in inputs])
+                    return {key: results[index] for key, index in outputs.items()}
+
+                self._callables[("signature", name)] = call_signature
+            return self._callables[("signature", name)]
+
+    def function(self, attribute):
+        """A function the root object keeps (tokenize, generate_plain, ...), or None.
+
+        callable(*inputs, **inputs by name) -> {output name: array} for functions that return a
+        dict, else the one array.
+        """
+        with self._lock:
+            if ("function", attribute) not in self._callables:
+                self._callables[("function", attribute)] = self._root_function(attribute)
+            return self._callables[("function", attribute)]
+
+    def _root_function(self, attribute):
+        children = {child.local_name: child.node_id for child in self._objects.nodes[0].children}
+        if attribute not in children:
+            return None
+        saved = self._objects.nodes[children[attribute]]
+        if saved.WhichOneof("kind") != "function" or len(saved.function.concrete_functions) != 1:
+            return None
+        name = saved.function.concrete_functions[0]
+        bound_inputs = self._objects.concrete_functions[name].bound_inputs
+        if not all(node_id in self._captures for node_id in bound_inputs):
+            return None  # It captures something no signature does: not reachable this way.
+        function, names = self._make_call(name, [self._captures[node_id] for node_id in bound_inputs])
+        structure = self._objects.concrete_functions[name].output_signature
+        # Dict outputs come out flattened in sorted key order (tf.nest).
+        keys = sorted(structure.dict_value.fields) if structure.WhichOneof("kind") == "dict_value" else None
+
+        def call_function(*args, **named):
+            results = function(*args, *[named[name] for name in names[len(args) :]])
+            return dict(zip(keys, results)) if keys is not None else results[0]
+
+        return call_function
+
+    def close(self):
+        self._session.close()
+
+
+# What TensorFlow and protobuf raise on a truncated or incomplete SavedModel.
+_LOAD_ERRORS = (OSError, ValueError, KeyError, IndexError, DecodeError, errors.OpError)
 
 
 class LanguageModel:
@@ -65,94 +366,222 @@ class LanguageModel:
 
     def __init__(self, model_dir):
         self.path = resolve_model_dir(model_dir)
-        self._saved_model = tf.saved_model.load(self.path)
-        signatures = self._saved_model.signatures
-        if "generate" not in signatures or "score" not in signatures:
+        self._model_dir = model_dir
+        self._restored = None  # tf.saved_model.load's object, for exports the Session cannot run
+        config_path = os.path.join(self.path, "assets", CONFIG_ASSET)
+        try:
+            with open(config_path, encoding="utf-8") as file:
+                self._config = json.load(file)
+            self._config["export"]["max_new_tokens_limit"], self._config["model"]["sequence_length"]
+        except FileNotFoundError:
+            raise self._damaged(f"assets/{CONFIG_ASSET} is missing") from None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise self._damaged(f"assets/{CONFIG_ASSET} is unreadable: {error}") from None
+        if not os.path.isfile(os.path.join(self.path, "variables", "variables.index")):
+            raise self._damaged("variables/variables.index is missing")
+        try:
+            self._session = _SavedModelSession(self.path)
+        except _LOAD_ERRORS as error:
+            raise self._damaged(error) from None
+        if not self._session.usable:
+            self._session.close()
+            self._session = None
+            self._restored_object()
+            print(
+                f"keraslm: note: {self.path} was written by an older keraslm-export: TF Serving cannot run it (its "
+                "functions read weights its checkpoint does not restore; keras-team/keras#20095) and it loads slowly "
+                "here; export it again with keraslm-export",
+                file=sys.stderr,
+                flush=True,
+            )
+        names = set(self._session.signature_defs) if self._session else set(self._restored.signatures)
+        if not {"generate", "score"} <= names:
             raise InvalidInputError(
                 f"--model_dir={self.path} is a SavedModel without keraslm's generate and score signatures; "
                 "export it with keraslm-export"
             )
-        self._generate = signatures["generate"]
-        self._score = signatures["score"]
+
+    def _damaged(self, error):
+        return _damaged(self._model_dir, self.path, error)
+
+    def _restored_object(self):
+        """tf.saved_model.load's object: only for exports whose weights a Session cannot restore."""
+        if self._restored is None:
+            try:
+                self._restored = tf.saved_model.load(self.path)
+            except _LOAD_ERRORS as error:
+                raise self._damaged(error) from None
+        return self._restored
+
+    def _signature(self, name, **inputs):
+        """Runs a signature on numpy inputs; returns its outputs as numpy arrays."""
+        try:
+            if self._session is not None:
+                function = self._session.signature(name)
+            else:
+                signature = self._restored.signatures[name]
+                function = lambda **values: {  # noqa: E731
+                    key: value.numpy() for key, value in signature(**{k: tf.constant(v) for k, v in values.items()}).items()
+                }
+        except _LOAD_ERRORS as error:
+            raise self._damaged(error) from None
+        return self._run(function, **inputs)
+
+    def _function(self, attribute):
+        """A function the export keeps for the Python API, as callable(*numpy inputs) -> numpy outputs."""
+        if self._session is not None:
+            try:
+                function = self._session.function(attribute)
+            except _LOAD_ERRORS as error:
+                raise self._damaged(error) from None
+            if function is not None:
+                return lambda *args, **named: self._run(function, *args, **named)
+        restored = getattr(self._restored_object(), attribute, None)
+        if restored is None:
+            return None
+
+        def call(*args, **named):
+            # Named inputs are a dict argument's entries (the generate_* functions take one dict).
+            if named:
+                args = ({key: tf.constant(value) for key, value in named.items()},)
+            else:
+                args = [tf.constant(value) for value in args]
+            outputs = restored(*args)
+            if isinstance(outputs, dict):
+                return {key: value.numpy() for key, value in outputs.items()}
+            return outputs.numpy()
+
+        return lambda *args, **named: self._run(call, *args, **named)
+
+    @staticmethod
+    def _run(function, *args, **named):
+        try:
+            return function(*args, **named)
+        except errors.InvalidArgumentError as error:
+            raise InvalidInputError(_assertion_message(error.message)) from None
 
     # === Sampling ===
 
     def generate(
         self,
         prompts,
-        max_new_tokens=100,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        repetition_penalty=1.0,
+        max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
+        temperature=None,
+        top_k=None,
+        top_p=None,
+        repetition_penalty=None,
         seed=None,
         stop="",
-        num_samples=1,
+        num_samples=None,
         num_beams=1,
     ):
         """Continuations of each prompt, as a flat list: prompt by prompt, num_samples each.
 
-        Every control is one value or one per prompt. Sample i of a prompt uses seed + i, so
-        the same seed gives the same texts; seed=None draws one. num_beams > 1 runs beam search
-        (deterministic: temperature, top_k, top_p and seed do not apply).
+        Every control is one value or one per prompt. Unset controls take keraslm-generate's
+        defaults: temperature 0.8, top_k 0 and top_p 1 (off), repetition_penalty 1 (off), one
+        sample, a random seed. Sample i of a prompt uses seed + i, so the same seed gives the same
+        texts. num_beams > 1 runs beam search, which is deterministic and takes only
+        max_new_tokens and stop: it refuses the sampling controls (temperature, top_k, top_p,
+        repetition_penalty, seed, num_samples) instead of ignoring them.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise InvalidInputError("no prompts given; pass at least one string (it may be empty)")
-        if num_samples < 1 or num_beams < 1:
+        if num_beams < 1 or (num_samples is not None and num_samples < 1):
             raise InvalidInputError(f"num_samples={num_samples} and num_beams={num_beams} must be at least 1")
         count = len(prompts)
+        encoded_prompts = _encoded("prompts", prompts)
+        stops = _encoded("stop", _values("stop", stop, count))
         limit = self.config["export"]["max_new_tokens_limit"]
-        for value in _values("max_new_tokens", max_new_tokens, count):
+        new_tokens = _values("max_new_tokens", max_new_tokens, count)
+        for value in new_tokens:
             if not 1 <= value <= limit:
                 raise InvalidInputError(f"max_new_tokens={value} must be between 1 and this model's limit of {limit}")
+        if num_beams > 1:
+            sampling = dict(
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                repetition_penalty=repetition_penalty,
+                seed=seed,
+                num_samples=num_samples,
+            )
+            given = [name for name, value in sampling.items() if value is not None]
+            if given:
+                raise InvalidInputError(
+                    f"{given[0]} applies to sampling; beam search (num_beams={num_beams}) is deterministic and does "
+                    f"not use {', '.join(given)}: leave {'it' if len(given) == 1 else 'them'} unset, or sample with num_beams=1"
+                )
+            return self._beam_search(prompts, new_tokens, num_beams, [value.decode("utf-8") for value in stops])
+        num_samples = 1 if num_samples is None else num_samples
+        top_k = 0 if top_k is None else top_k
         for value in _values("top_k", top_k, count):
             if not 0 <= value < 2**31:
                 raise InvalidInputError(f"top_k={value} must be between 0 (off) and 2**31 - 1")
-        if num_beams > 1:
-            if num_samples > 1:
-                raise InvalidInputError("num_samples applies to sampling; beam search returns one text per prompt")
-            return self._beam_search(prompts, _values("max_new_tokens", max_new_tokens, count), num_beams, _values("stop", stop, count))
         if seed is None:
             seed = random.SystemRandom().randrange(2**62)
-        for value in _values("seed", seed, count):
-            if not -(2**63) <= value < 2**63 - num_samples:
-                raise InvalidInputError(f"seed={value} does not fit in a signed 64-bit integer")
+        seeds = _values("seed", seed, count)
+        for value in seeds:
+            # Sample i uses seed + i: the last sample's seed must fit too.
+            if not _INT64_MIN <= value <= _INT64_MAX - (num_samples - 1):
+                if num_samples == 1:
+                    raise InvalidInputError(f"seed={value} does not fit in a signed 64-bit integer (-2**63 to 2**63 - 1)")
+                raise InvalidInputError(
+                    f"seed={value} with num_samples={num_samples} does not fit in a signed 64-bit integer: sample i "
+                    f"uses seed + i, so seed + {num_samples - 1} must be at most 2**63 - 1"
+                )
         controls = {
-            "max_new_tokens": _per_row("max_new_tokens", max_new_tokens, count, tf.int32),
-            "temperature": _per_row("temperature", temperature, count, tf.float32),
-            "top_k": _per_row("top_k", top_k, count, tf.int32),
-            "top_p": _per_row("top_p", top_p, count, tf.float32),
-            "repetition_penalty": _per_row("repetition_penalty", repetition_penalty, count, tf.float32),
-            "seed": _per_row("seed", seed, count, tf.int64),
-            "stop": _per_row("stop", stop, count, tf.string),
+            "prompt": encoded_prompts,
+            "max_new_tokens": np.array(new_tokens, np.int32),
+            "temperature": np.array(_values("temperature", DEFAULT_TEMPERATURE if temperature is None else temperature, count), np.float32),
+            "top_k": np.array(_values("top_k", top_k, count), np.int32),
+            "top_p": np.array(_values("top_p", 1.0 if top_p is None else top_p, count), np.float32),
+            "repetition_penalty": np.array(
+                _values("repetition_penalty", 1.0 if repetition_penalty is None else repetition_penalty, count), np.float32
+            ),
+            "seed": np.array(seeds, np.int64),
+            "stop": stops,
         }
         # Sample i of prompt p sits at row p * num_samples + i, with seed + i.
-        repeat = lambda tensor: tf.repeat(tensor, num_samples)  # noqa: E731
-        inputs = {name: repeat(value) for name, value in controls.items()}
-        inputs["seed"] += tf.tile(tf.range(num_samples, dtype=tf.int64), [count])
-        inputs["prompt"] = repeat(tf.constant(prompts, tf.string))
-        outputs = self._call(self._generate, **inputs)
-        return [text.decode("utf-8") for text in outputs["text"].numpy()]
+        inputs = {name: np.repeat(value, num_samples) for name, value in controls.items()}
+        inputs["seed"] += np.tile(np.arange(num_samples, dtype=np.int64), count)
+        # The loop variant the generate signature would pick, called directly (module docstring).
+        variant = self._function(f"generate_{_variant(inputs, count * num_samples)}")
+        outputs = variant(**inputs) if variant is not None else self._signature("generate", **inputs)
+        return [text.decode("utf-8") for text in outputs["text"]]
 
     def _beam_search(self, prompts, max_new_tokens, num_beams, stops):
         """Beam search with keras-nlp's BeamSampler; per-prompt max_new_tokens and stops."""
-        import keras_nlp  # Only beam search needs keras-nlp.
+        # Importing keras-nlp and running its sampler (Keras may compile parts with XLA) log from
+        # native code on descriptor 2; that is held back unless something fails.
+        with native_stderr_captured():
+            import keras_nlp  # Only beam search needs keras-nlp.
 
         sampler = keras_nlp.samplers.BeamSampler(num_beams=num_beams)
+        next_token_logits = self._function("next_token_logits")
+        vocabulary_size = self.config["model"]["vocabulary_size"]
 
         def next_logits(token_ids, cache, index):
-            return self._saved_model.next_token_logits(token_ids, index), None, cache
+            # numpy_function: the sampler may run eagerly or trace its loop.
+            logits = tf.numpy_function(
+                lambda ids, position: next_token_logits(ids.astype(np.int32), np.int32(position)),
+                [token_ids, index],
+                tf.float32,
+            )
+            logits.set_shape([None, vocabulary_size])
+            return logits, None, cache
 
         texts = []
         # One prompt at a time: keras-nlp's beam scores assume every row starts generating at
         # the same index.
         for prompt, new_tokens, stop_string in zip(prompts, max_new_tokens, stops):
-            tokenized = self._saved_model.tokenize(tf.constant([prompt or "\n"]))
+            tokenized = self._tokenize_arrays(_encoded("prompts", [prompt or "\n"]))
             length = int(tokenized["lengths"][0])
-            token_ids = tf.pad(tokenized["token_ids"][:, :length], [[0, 0], [0, new_tokens]])
-            result = sampler(next_logits, token_ids, index=length)
-            text = self._saved_model.detokenize(result[:, length:])[0].numpy().decode("utf-8", "replace")
+            token_ids = tf.pad(tf.constant(tokenized["token_ids"][:, :length]), [[0, 0], [0, new_tokens]])
+            with native_stderr_captured():
+                result = sampler(next_logits, token_ids, index=length)
+            new_ids = np.asarray(result)[:, length:].astype(np.int32)
+            text = self._function("detokenize")(new_ids)[0].decode("utf-8", "replace")
             texts.append(text.split(stop_string, 1)[0] if stop_string else text)
         return texts
 
@@ -161,43 +590,42 @@ class LanguageModel:
     def score(self, texts):
         """A Score (log_likelihood, num_tokens, .perplexity) per text."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        outputs = self._call(self._score, text=tf.constant(texts, tf.string))
+        outputs = self._signature("score", text=_encoded("texts", texts))
         return [
             Score(float(log_likelihood), int(num_tokens))
-            for log_likelihood, num_tokens in zip(outputs["log_likelihood"].numpy(), outputs["num_tokens"].numpy())
+            for log_likelihood, num_tokens in zip(outputs["log_likelihood"], outputs["num_tokens"])
         ]
+
+    def _tokenize_arrays(self, encoded):
+        return self._function("tokenize")(encoded)
 
     def tokenize(self, texts):
         """Token ids, a list of int lists."""
-        outputs = self._saved_model.tokenize(tf.constant(texts, tf.string))
-        return [row[:length].tolist() for row, length in zip(outputs["token_ids"].numpy(), outputs["lengths"].numpy())]
+        outputs = self._tokenize_arrays(_encoded("texts", list(texts)))
+        return [row[:length].tolist() for row, length in zip(outputs["token_ids"], outputs["lengths"])]
 
     def detokenize(self, token_ids):
-        dense = tf.ragged.constant(token_ids, dtype=tf.int32).to_tensor()
-        return [text.decode("utf-8", "replace") for text in self._saved_model.detokenize(dense).numpy()]
+        width = max((len(row) for row in token_ids), default=0)
+        dense = np.zeros([len(token_ids), width], np.int32)  # [PAD] is 0 and detokenizes to ""
+        for index, row in enumerate(token_ids):
+            dense[index, : len(row)] = row
+        return [text.decode("utf-8", "replace") for text in self._function("detokenize")(dense)]
 
     def score_windows(self, windows, lengths):
         """Low level, for keraslm.evaluation: summed log-likelihoods of prepared windows."""
-        outputs = self._saved_model.score_windows(tf.constant(windows, tf.int32), tf.constant(lengths, tf.int32))
-        return outputs["log_likelihood"].numpy(), outputs["num_tokens"].numpy()
+        outputs = self._function("score_windows")(np.asarray(windows, np.int32), np.asarray(lengths, np.int32))
+        return outputs["log_likelihood"], outputs["num_tokens"]
 
     @property
     def config(self):
-        """The training and export settings stored in the SavedModel."""
-        with open(os.path.join(self.path, "assets", "config.json"), encoding="utf-8") as file:
-            return json.load(file)
-
-    @staticmethod
-    def _call(function, **inputs):
-        try:
-            return function(**inputs)
-        except tf.errors.InvalidArgumentError as error:
-            raise InvalidInputError(_assertion_message(error.message)) from None
+        """The training and export settings stored in the SavedModel (assets/config.json)."""
+        return self._config
 
 
 def _assertion_message(message):
     """The signature's own check message ("top_p must be in (0, 1] ...") out of TF's error text."""
-    match = re.search(r"assertion failed: \[([^\]]*)\]", message)
+    # The message may hold brackets itself ("(0, 1]"); TF follows it with " [" or a line end.
+    match = re.search(r"assertion failed: \[(.*?)\](?: \[|\n|$)", message)
     if match:
         return match.group(1)
     lines = [line for line in message.splitlines() if line.strip() and "Graph execution error" not in line]

@@ -6,10 +6,32 @@ import os
 import tensorflow as tf
 
 from keraslm.config import write_json_atomic
+from keraslm.errors import InvalidInputError
 
 METRICS_FILE = "metrics.json"
 LOSS_CURVE_FILE = "loss_curve.png"
 TENSORBOARD_DIR = "logs"
+
+
+def load_records(work_dir):
+    """The evaluation records of metrics.json; a damaged file is refused, never overwritten."""
+    path = os.path.join(work_dir, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path, encoding="utf-8") as file:
+            records = json.load(file).get("evaluations")
+        if not isinstance(records, list) or not all(isinstance(record.get("step"), int) for record in records):
+            raise ValueError("no list of evaluations with integer steps")
+    except (OSError, ValueError, AttributeError) as error:
+        raise InvalidInputError(
+            f"{path} cannot be read ({error}); move it aside to let training start a new history"
+        ) from None
+    return records
+
+
+def recorded_steps(work_dir):
+    return [record["step"] for record in load_records(work_dir)]
 
 
 class RunLog:
@@ -21,20 +43,16 @@ class RunLog:
 
     def __init__(self, work_dir, resume_step):
         self.work_dir = work_dir
-        self.records = [record for record in self._load() if record["step"] <= resume_step]
-        self._writer = tf.summary.create_file_writer(os.path.join(work_dir, TENSORBOARD_DIR))
-
-    def _load(self):
-        path = os.path.join(self.work_dir, METRICS_FILE)
-        if not os.path.exists(path):
-            return []
-        with open(path, encoding="utf-8") as file:
-            return json.load(file).get("evaluations", [])
+        self.records = [record for record in load_records(work_dir) if record["step"] <= resume_step]
+        # Created on the first record: a run with nothing to train leaves logs/ as it was.
+        self._writer = None
 
     def add(self, record):
         """Appends {'step', 'train_loss', 'val_loss', ...} and rewrites every output."""
         self.records.append(record)
         write_json_atomic(os.path.join(self.work_dir, METRICS_FILE), {"evaluations": self.records})
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(os.path.join(self.work_dir, TENSORBOARD_DIR))
         with self._writer.as_default(step=record["step"]):
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
@@ -59,6 +77,10 @@ class RunLog:
         figure.tight_layout()
         path = os.path.join(self.work_dir, LOSS_CURVE_FILE)
         temporary = f"{path}.tmp-{os.getpid()}.png"
-        figure.savefig(temporary, dpi=100)
-        pyplot.close(figure)
-        os.replace(temporary, path)
+        try:
+            figure.savefig(temporary, dpi=100)
+            os.replace(temporary, path)
+        finally:
+            pyplot.close(figure)
+            if os.path.exists(temporary):
+                os.remove(temporary)

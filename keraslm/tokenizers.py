@@ -26,6 +26,7 @@ import tensorflow_text as tf_text
 
 from keraslm.config import DEFAULT_SUBWORD_VOCABULARY_SIZE, TokenizerConfig, write_json_atomic
 from keraslm.errors import InputNotFoundError, InvalidInputError
+from keraslm.tf_import import native_stderr_captured
 
 PAD_TOKEN, UNK_TOKEN = "[PAD]", "[UNK]"
 PAD_ID, UNK_ID = 0, 1
@@ -215,7 +216,11 @@ class SentencePieceTokenizer(Tokenizer):
         # tensorflow-text keeps the model proto as a constant in the graph; the file also
         # travels as an asset so the SavedModel holds the tokenizer in its usual form.
         self.model_file = tf.saved_model.Asset(path)
-        self._sentencepiece = tf_text.SentencepieceTokenizer(model=model, out_type=tf.int32)
+        # Loading the model logs "normalizer.cc(51) LOG(INFO) precompiled_charsmap is empty" from
+        # the sentencepiece copy inside tensorflow-text, straight to descriptor 2; the trainer's
+        # minloglevel does not reach that copy. (Kept on failure.)
+        with native_stderr_captured():
+            self._sentencepiece = tf_text.SentencepieceTokenizer(model=model, out_type=tf.int32)
         super().__init__(int(self._sentencepiece.vocab_size()), name=name)
 
     def tokenize(self, texts):

@@ -7,24 +7,23 @@ the batches the interrupted one would have.
 """
 
 import dataclasses
+import math
 import os
-import shutil
 import sys
 import time
+import typing
 
 import keras
 import tensorflow as tf
 
-from keraslm import data
-from keraslm.config import RunConfig, config_differences, load_run_config, save_run_config
-from keraslm.errors import InvalidInputError
+from keraslm import checkpoints, data, run_log
+from keraslm.config import RunConfig, load_run_config, save_run_config
+from keraslm.errors import InvalidInputError, TrainingDivergedError
 from keraslm.models import build_model
 from keraslm.run_log import RunLog
 from keraslm.tokenizers import load_tokenizer, train_tokenizer
-
-CONFIG_FILE = "config.json"
-TOKENIZER_DIR = "tokenizer"
-CHECKPOINT_DIR = "checkpoints"
+from keraslm.files import is_disk_full
+from keraslm.work_dir import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_DIR, WorkDir
 # Validation batches are larger than training ones: no gradients, and fewer steps to run.
 MIN_EVAL_BATCH_SIZE = 64
 
@@ -107,71 +106,103 @@ def _read_corpora(config):
     return data.split_for_validation(train_text)
 
 
-def _check_resumable(work_dir, config):
-    """Returns the saved config when work_dir holds a run this config can continue."""
-    path = os.path.join(work_dir, CONFIG_FILE)
-    if os.path.exists(work_dir) and not os.path.isdir(work_dir):
-        raise InvalidInputError(f"--work_dir={work_dir} is a file, not a directory; pick another --work_dir")
-    if not os.path.exists(path):
-        if os.path.isdir(work_dir) and os.listdir(work_dir):
-            raise InvalidInputError(
-                f"--work_dir={work_dir} exists, is not empty and has no {CONFIG_FILE}; "
-                "it is not a keraslm work directory, so pick another --work_dir"
-            )
-        return None
-    saved = load_run_config(path)
-    candidate = dataclasses.replace(config, model=dataclasses.replace(config.model, vocabulary_size=saved.model.vocabulary_size))
-    differences = config_differences(saved, candidate)
-    if differences:
-        raise InvalidInputError(
-            f"--work_dir={work_dir} holds a run with other settings ({'; '.join(differences)}); "
-            "use a new --work_dir, or delete this one to start over"
-        )
-    return saved
+def _prepare_work_dir(directory, config, train_text, valid_text):
+    """Loads (resume) or trains (new run) the tokenizer and tokenizes the corpora.
 
-
-def _prepare_work_dir(config, work_dir, train_text, valid_text):
-    """Trains the tokenizer, tokenizes the corpora and writes config.json.
-
-    A new work directory appears only once all of this has succeeded, so bad input leaves nothing
-    behind.
+    A new run's tokenizer and config.json are staged and move into place only once all of this
+    has succeeded, so bad input leaves nothing behind. An existing run's tokenizer and config are
+    never replaced. Returns (saved config or None, train ids, valid ids).
     """
-    saved = _check_resumable(work_dir, config)
-    staging = work_dir if saved else f"{os.path.normpath(work_dir)}.tmp-{os.getpid()}"
-    try:
-        tokenizer_dir = os.path.join(staging, TOKENIZER_DIR)
-        if os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
-            tokenizer = load_tokenizer(tokenizer_dir)
-        else:
-            os.makedirs(staging, exist_ok=True)
-            tokenizer = train_tokenizer(config.tokenizer, train_text, tokenizer_dir)
-        config.model.vocabulary_size = tokenizer.vocabulary_size
-        train_ids = data.tokenize_text(tokenizer, train_text)
-        valid_ids = data.tokenize_text(tokenizer, valid_text)
-        train_source = config.train.train_data
-        valid_source = config.train.valid_data or f"the held-out last 10% of {train_source}"
-        data.check_long_enough(train_ids, config.model.sequence_length, "--train_data", train_source)
-        data.check_long_enough(valid_ids, config.model.sequence_length, "validation text", valid_source)
+    saved = directory.saved_config(config)
+    if saved:
+        tokenizer = load_tokenizer(directory.file(TOKENIZER_DIR))
+        if tokenizer.vocabulary_size != saved.model.vocabulary_size:
+            raise InvalidInputError(
+                f"{directory.display}: {TOKENIZER_DIR}/ has {tokenizer.vocabulary_size} tokens but {CONFIG_FILE} was "
+                f"trained with {saved.model.vocabulary_size}; put the run's own {TOKENIZER_DIR}/ back"
+            )
+        staging = None
+    else:
+        staging = directory.staging_dir()
+        tokenizer = train_tokenizer(config.tokenizer, train_text, os.path.join(staging, TOKENIZER_DIR))
+    config.model.vocabulary_size = tokenizer.vocabulary_size
+    train_ids = data.tokenize_text(tokenizer, train_text)
+    valid_ids = data.tokenize_text(tokenizer, valid_text)
+    train_source = config.train.train_data
+    valid_source = config.train.valid_data or f"the held-out last 10% of {train_source}"
+    data.check_long_enough(train_ids, config.model.sequence_length, "--train_data", train_source)
+    data.check_long_enough(valid_ids, config.model.sequence_length, "validation text", valid_source)
+    if staging:
         save_run_config(config, os.path.join(staging, CONFIG_FILE))
-    except BaseException:
-        if not saved:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if not saved:
-        os.replace(staging, work_dir)
-    return train_ids, valid_ids
+        directory.commit(staging)
+    return saved, train_ids, valid_ids
 
 
-class _ProgressBar(keras.callbacks.Callback):
-    """One bar for the whole run (Keras' own restarts at every fit call)."""
+# The progress bar's label for Keras' running mean of the training loss within a segment.
+PROGRESS_LOSS_LABEL = "segment mean loss"
+
+
+class _StepCallback(keras.callbacks.Callback):
+    """Advances the run's one progress bar and stops at the first non-finite loss.
+
+    Keras' `loss` log is the running mean since the start of the fit call (one evaluation
+    segment); the bar shows it as it is (a stateful metric), so at the end of a segment it equals
+    the `train loss` line printed after it.
+    """
 
     def __init__(self, progbar, first_step):
         super().__init__()
         self.progbar = progbar
         self.first_step = first_step
+        self.diverged_at = None
 
     def on_train_batch_end(self, batch, logs=None):
-        self.progbar.update(self.first_step + batch + 1, [("loss", float(logs["loss"]))])
+        loss = float(logs["loss"])
+        step = self.first_step + batch + 1
+        if not math.isfinite(loss):
+            self.diverged_at = (step, loss)
+            self.model.stop_training = True
+            return
+        self.progbar.update(step, [(PROGRESS_LOSS_LABEL, loss)])
+
+
+def _diverged(what, step, value, last_good_step, train):
+    kept = f"the last good checkpoint (step {last_good_step}) is kept" if last_good_step else "no checkpoint was written"
+    return TrainingDivergedError(
+        f"training diverged: the {what} became {value} at step {step}; stopped without saving, so {kept}. "
+        f"Lower --learning_rate (now {train.learning_rate}) or raise --warmup_steps, then rerun to resume"
+    )
+
+
+def _save_failure(error):
+    """'no space left on device' / 'permission denied' for save errors a user can fix, else None."""
+    if is_disk_full(error):
+        return "no space left on device"
+    if isinstance(error, PermissionError) or isinstance(error, tf.errors.PermissionDeniedError) or (
+        "Permission denied" in str(error)
+    ):
+        return "permission denied"
+    return None
+
+
+def _restore(checkpoint, directory, saved, verbose):
+    """Restores the newest readable checkpoint; returns its step (0 for a new run)."""
+    checkpoint_dir = directory.file(CHECKPOINT_DIR)
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if verbose else (lambda line: None)
+    restored = checkpoints.restore_newest_intact(checkpoint, checkpoint_dir, directory.display, say=say)
+    if restored is None:
+        recorded = run_log.recorded_steps(directory.path)
+        if saved and recorded:
+            raise InvalidInputError(
+                f"{directory.display}: {run_log.METRICS_FILE} records evaluations up to step {max(recorded)} but "
+                f"{CHECKPOINT_DIR}/ holds no checkpoint; refusing to start this run over on top of its history. "
+                "Put the checkpoint files back, or delete the work directory to start over"
+            )
+        return 0
+    if checkpoints.read_index(checkpoint_dir)[0] != restored:
+        # So that CheckpointManager (and export) see the checkpoint actually resumed from.
+        checkpoints.rewrite_index(checkpoint_dir, restored)
+    return checkpoints.step_of(restored)
 
 
 def train(config: RunConfig, work_dir, verbose=True):
@@ -179,7 +210,12 @@ def train(config: RunConfig, work_dir, verbose=True):
     started = time.perf_counter()
     config.validate()
     train_text, valid_text = _read_corpora(config)
-    train_ids, valid_ids = _prepare_work_dir(config, work_dir, train_text, valid_text)
+    with WorkDir(work_dir) as directory:
+        return _train_in(directory, config, train_text, valid_text, started, verbose)
+
+
+def _train_in(directory, config, train_text, valid_text, started, verbose):
+    saved, train_ids, valid_ids = _prepare_work_dir(directory, config, train_text, valid_text)
     train = config.train
     keras.utils.set_random_seed(train.seed)
     model = build_compiled_model(config)
@@ -194,14 +230,13 @@ def train(config: RunConfig, work_dir, verbose=True):
         # Dropout's random streams: without them a resumed run would draw other masks.
         random_state=[variable for variable in model.variables if variable.path.endswith("seed_generator_state")],
     )
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(work_dir, CHECKPOINT_DIR), max_to_keep=3)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        if int(steps_taken.numpy()) == 0:
-            # A checkpoint from before steps_taken existed: the optimizer counted the steps.
-            steps_taken.assign(int(model.optimizer.iterations))
+    restored_step = _restore(checkpoint, directory, saved, verbose)
+    if restored_step and int(steps_taken.numpy()) == 0:
+        # A checkpoint from before steps_taken existed: the optimizer counted the steps.
+        steps_taken.assign(int(model.optimizer.iterations))
+    manager = tf.train.CheckpointManager(checkpoint, directory.file(CHECKPOINT_DIR), max_to_keep=3)
     step = int(steps_taken.numpy())
-    log = RunLog(work_dir, step)
+    log = RunLog(directory.path, step)
     eval_batch_size = max(train.batch_size, MIN_EVAL_BATCH_SIZE)
     eval_dataset = data.evaluation_dataset(valid_ids, config.model.sequence_length, eval_batch_size, train.eval_steps)
     if verbose:
@@ -212,11 +247,15 @@ def train(config: RunConfig, work_dir, verbose=True):
             flush=True,
         )
     # A live bar on a terminal; in a log file the per-evaluation lines say the same.
-    progbar = keras.utils.Progbar(train.train_steps, verbose=1 if verbose and sys.stdout.isatty() else 0)
+    progbar = keras.utils.Progbar(
+        train.train_steps,
+        verbose=1 if verbose and sys.stdout.isatty() and step < train.train_steps else 0,
+        stateful_metrics=[PROGRESS_LOSS_LABEL],
+    )
     progbar.update(step)
 
     train_loss = val_loss = float("nan")
-    train_seconds, first_step = 0.0, step
+    train_seconds, first_step, last_saved_step = 0.0, step, step
     while step < train.train_steps:
         # A segment ends at the next multiple of eval_interval (or the last step).
         segment_end = min(train.train_steps, (step // train.eval_interval + 1) * train.eval_interval)
@@ -224,6 +263,7 @@ def train(config: RunConfig, work_dir, verbose=True):
         dataset = data.language_model_dataset(
             train_ids, config.model.sequence_length, train.batch_size, train.seed, step, segment_steps
         )
+        watch = _StepCallback(progbar, step)
         segment_started = time.perf_counter()
         history = model.fit(
             dataset,
@@ -231,14 +271,18 @@ def train(config: RunConfig, work_dir, verbose=True):
             steps_per_epoch=segment_steps,
             verbose=0,
             shuffle=False,
-            callbacks=[_ProgressBar(progbar, step)],
+            callbacks=[watch],
         )
+        if watch.diverged_at:
+            raise _diverged("training loss", *watch.diverged_at, last_saved_step, train)
         segment_seconds = time.perf_counter() - segment_started
         train_seconds += segment_seconds
         step = segment_end
         steps_taken.assign(step)
         train_loss = float(history.history["loss"][-1])
         val_loss = float(model.evaluate(eval_dataset, verbose=0, return_dict=True)["loss"])
+        if not math.isfinite(val_loss):
+            raise _diverged("validation loss", step, val_loss, last_saved_step, train)
         record = {
             "step": step,
             "train_loss": train_loss,
@@ -250,12 +294,32 @@ def train(config: RunConfig, work_dir, verbose=True):
         }
         # Metrics first, checkpoint second: a crash between the two resumes from the previous
         # checkpoint, and RunLog forgets the record that is about to be measured again.
-        log.add(record)
-        manager.save(checkpoint_number=step)
+        try:
+            log.add(record)
+            manager.save(checkpoint_number=step)
+            if saved and last_saved_step == first_step and saved.train != train:
+                # Once this invocation has a checkpoint, config.json records its training
+                # settings; the model and tokenizer settings are the run's own (checked above).
+                save_run_config(config, directory.file(CONFIG_FILE))
+        except (OSError, tf.errors.OpError) as error:
+            reason = _save_failure(error)
+            if reason is None:
+                raise
+            kept = (
+                f"the checkpoint of step {last_saved_step} (a rerun resumes from it and measures step {step} again)"
+                if last_saved_step
+                else "the tokenizer and config.json"
+            )
+            raise InvalidInputError(
+                f"{reason} while saving step {step} in {directory.display}; kept: {kept}. "
+                "Fix that, then rerun the same command to resume"
+            ) from None
+        last_saved_step = step
         if verbose:
-            progbar.update(step, [("loss", train_loss)], finalize=step >= train.train_steps)
+            progbar.update(step, [(PROGRESS_LOSS_LABEL, train_loss)], finalize=step >= train.train_steps)
             print(
-                f"{chr(10) if progbar.verbose else ''}step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+                f"{chr(10) if progbar.verbose else ''}step {step}: train loss {train_loss:.4f} "
+                f"(mean of steps {step - segment_steps + 1}-{step}), val loss {val_loss:.4f}, "
                 f"{record['ms_per_step']:.1f} ms/step",
                 flush=True,
             )
@@ -263,7 +327,7 @@ def train(config: RunConfig, work_dir, verbose=True):
         # Nothing left to do: report the finished run.
         train_loss, val_loss = log.records[-1]["train_loss"], log.records[-1]["val_loss"]
     return TrainResult(
-        work_dir=work_dir,
+        work_dir=directory.path,
         step=step,
         train_loss=train_loss,
         val_loss=val_loss,
@@ -271,6 +335,14 @@ def train(config: RunConfig, work_dir, verbose=True):
         train_seconds=train_seconds,
         steps_run=step - first_step,
     )
+
+
+class TrainedModel(typing.NamedTuple):
+    config: RunConfig
+    model: keras.Model
+    tokenizer: object
+    # The checkpoint prefix restored (<work_dir>/checkpoints/ckpt-<step>).
+    checkpoint: str
 
 
 def load_trained_model(work_dir, use_cudnn="auto"):
@@ -286,9 +358,14 @@ def load_trained_model(work_dir, use_cudnn="auto"):
     # Exports run in float32 whatever the training policy was; the weights are float32 anyway.
     keras.mixed_precision.set_dtype_policy("float32")
     model = build_model(config.model, use_cudnn=use_cudnn)
-    latest = tf.train.latest_checkpoint(os.path.join(work_dir, CHECKPOINT_DIR))
-    if latest is None:
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    restored = checkpoints.restore_newest_intact(
+        tf.train.Checkpoint(model=model), os.path.join(work_dir, CHECKPOINT_DIR), f"--work_dir={work_dir}", partial=True, say=say
+    )
+    if restored is None:
         raise InvalidInputError(f"--work_dir={work_dir} has no checkpoint yet; train it first with keraslm-train")
-    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
-    tokenizer = load_tokenizer(os.path.join(work_dir, TOKENIZER_DIR))
-    return config, model, tokenizer
+    tokenizer_dir = os.path.join(work_dir, TOKENIZER_DIR)
+    if not os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):
+        raise InvalidInputError(f"--work_dir={work_dir}: {TOKENIZER_DIR}/ is missing or incomplete; put the run's tokenizer back")
+    tokenizer = load_tokenizer(tokenizer_dir)
+    return TrainedModel(config, model, tokenizer, restored)

@@ -85,7 +85,7 @@ def test_greedy_generation_is_the_keras_models_argmax_path(fresh_process_results
     from keraslm.training import load_trained_model
     import tensorflow as tf
 
-    config, model, tokenizer = load_trained_model(str(trained_models[kind]["work_dir"]))
+    config, model, tokenizer, _ = load_trained_model(str(trained_models[kind]["work_dir"]))
     for prompt, text in zip(("First Citizen:", "ROMEO:"), results["greedy"][0]):
         ids = tokenizer.tokenize(tf.constant([prompt])).to_list()[0]
         for _ in range(40):
@@ -145,7 +145,7 @@ def test_score_matches_the_training_loss_per_token(fresh_process_results, traine
     from keraslm import data
     from keraslm.training import load_trained_model
 
-    config, model, tokenizer = load_trained_model(str(trained_models[kind]["work_dir"]))
+    config, model, tokenizer, _ = load_trained_model(str(trained_models[kind]["work_dir"]))
     sequence_length = config.model.sequence_length
     text = "First Citizen:\nBefore we proceed"
     ids = data.tokenize_text(tokenizer, text)

@@ -6,11 +6,15 @@ import tensorflow as tf
 
 from keraslm.config import ModelConfig
 from keraslm.generation import (
+    SMALL_BATCH,
+    VARIANTS,
     Controls,
+    choose_variant,
     cut_at_stop,
     filter_top_k_top_p,
     find_first,
     generate_tokens,
+    is_plain,
     sample_next_token,
     uniform_noise,
 )
@@ -124,7 +128,7 @@ def test_cached_steps_give_the_logits_of_a_full_forward_pass(model_and_config):
         np.testing.assert_allclose(small.numpy(), logits.numpy(), atol=1e-5)
 
 
-def _generate(stepper, prompts, **values):
+def _generate(stepper, prompts, variant=None, **values):
     prompts = tf.ragged.constant(prompts, tf.int32)
     count = int(prompts.nrows())
 
@@ -132,8 +136,45 @@ def _generate(stepper, prompts, **values):
         strings = tf.strings.as_string(ids)
         return tf.strings.reduce_join(tf.where(ids > 0, tf.strings.join([strings, ","]), ""), axis=-1)
 
-    ids, num_tokens = generate_tokens(stepper, prompts, controls(count, **values), detokenize)
+    ids, num_tokens = generate_tokens(stepper, prompts, controls(count, **values), detokenize, variant=variant)
     return ids.to_list(), num_tokens.numpy().tolist()
+
+
+def test_each_loop_variant_alone_gives_what_the_automatic_choice_gives(model_and_config):
+    """The export's generate_<variant> functions run one variant; `generate` picks among all."""
+    model, config = model_and_config
+    stepper = make_stepper(model, config)
+    cases = [
+        ([[5, 6, 7], [9]], dict(max_new_tokens=[9, 5], temperature=[0.0, 0.9], seed=[1, 2])),
+        ([[5, 6]] * (SMALL_BATCH + 1), dict(max_new_tokens=6, temperature=1.0, seed=list(range(SMALL_BATCH + 1)))),
+        ([[5, 6, 7], [9]], dict(max_new_tokens=7, temperature=1.0, top_k=[0, 3], repetition_penalty=[1.2, 1.0], seed=[3, 4])),
+    ]
+    for prompts, values in cases:
+        chosen = choose_variant(bool(is_plain(controls(len(prompts), **values))), len(prompts))
+        automatic = _generate(stepper, prompts, **values)
+        assert _generate(stepper, prompts, variant=chosen, **values) == automatic, chosen
+    assert [choose_variant(bool(is_plain(controls(len(p), **v))), len(p)) for p, v in cases] == list(VARIANTS)
+
+
+def test_the_python_api_picks_the_variant_the_graph_picks():
+    """keraslm.inference restates choose_variant on numpy inputs (it must not import this module)."""
+    from keraslm import inference
+
+    assert inference.SMALL_BATCH == SMALL_BATCH
+    for batch_size in (1, SMALL_BATCH, SMALL_BATCH + 1):
+        for values in (
+            dict(),
+            dict(top_k=2),
+            dict(top_p=0.9),
+            dict(top_p=1.0 + 1e-9),  # rounds to 1.0 in float32, as the graph sees it
+            dict(repetition_penalty=1.1),
+            dict(stop="ab"),
+            dict(stop=[""] * (batch_size - 1) + ["x"]),
+        ):
+            tensors = controls(batch_size, **values)
+            arrays = {name: value.numpy() for name, value in tensors._asdict().items()}
+            expected = choose_variant(bool(is_plain(tensors)), batch_size)
+            assert inference._variant(arrays, batch_size) == expected, (batch_size, values)
 
 
 def test_cached_decoding_gives_the_greedy_tokens_of_full_recompute(model_and_config):

@@ -7,41 +7,18 @@ import tempfile
 from absl import app, flags, logging
 
 from keraslm.errors import UserInputError
+from keraslm.files import is_disk_full
 
 EXIT_USAGE = 2
+# 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe.
+EXIT_BROKEN_PIPE = 141
 
 
 _program = "keraslm"
 
 
-def import_tensorflow_quietly():
-    """Imports TensorFlow with its native start-up chatter kept off the terminal.
-
-    Loading TF prints CUDA probing and oneDNN notices from C++ straight to file descriptor 2,
-    before its log settings apply (TF_CPP_MIN_LOG_LEVEL does not hide them in TF 2.21); they
-    would bury the one-line messages these tools print. They are captured here and shown only if
-    the import fails.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    # Hides TF's native INFO and WARNING lines after start-up (XLA compilation notices).
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()  # Device probing prints too.
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode("utf-8", "replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+# Shared with the Python API (keraslm.load), which prints as little as the commands.
+from keraslm.tf_import import import_tensorflow_quietly  # noqa: E402
 
 
 def fail(message):
@@ -60,10 +37,38 @@ def _parse_flags(argv):
     return remaining
 
 
+def _environment_error(error):
+    """A one-line description of a failure the machine caused (permissions, full disk), else None.
+
+    Such errors are the user's to fix, like bad input, so they get one line, not a traceback.
+    TensorFlow reports its own file writes as tf.errors.OpError subclasses, not OSError.
+    """
+    where = f"{error.filename}: " if getattr(error, "filename", None) else ""
+    if is_disk_full(error):
+        return f"{where}no space left on device; free some space and run the command again"
+    if isinstance(error, PermissionError) or type(error).__name__ == "PermissionDeniedError":
+        text = f"{where}permission denied" if where else str(getattr(error, "message", error)).splitlines()[0]
+        return f"{text}; use a directory you can write to (or fix its permissions)"
+    if isinstance(error, OSError):
+        return f"{where}{error.strerror or error}"
+    return None
+
+
+def _show_flags_in_help(main):
+    """Lists the command's flags under --help/--helpshort when run as an installed script.
+
+    absl shows the flags of the module named sys.argv[0]: right for `python -m keraslm.cli.train`,
+    but an entry-point script (.venv/bin/keraslm-train) defines none itself.
+    """
+    for flag in flags.FLAGS.get_flags_for_module(main.__module__):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
 def run_main(main, program):
-    """absl's app.run, with user errors printed on one line instead of a traceback."""
+    """absl's app.run, with user and environment errors printed on one line instead of a traceback."""
     global _program
     _program = program
+    _show_flags_in_help(main)
 
     def guarded(argv):
         # TensorFlow's Python INFO lines (checkpoint sharding, signature renames) are noise here.
@@ -74,8 +79,18 @@ def run_main(main, program):
             main(argv)
         except UserInputError as error:
             fail(str(error))
+        except BrokenPipeError:
+            # The reader went away (`keraslm-generate ... | head -1`): stop quietly, as cat does,
+            # and keep Python from failing again when it flushes stdout at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(EXIT_BROKEN_PIPE)
         except KeyboardInterrupt:
             print(f"{_program}: interrupted", file=sys.stderr, flush=True)
             sys.exit(130)
+        except Exception as error:  # noqa: BLE001  Re-raised below unless the machine caused it.
+            message = _environment_error(error)
+            if message is None:
+                raise
+            fail(message)
 
     app.run(guarded, flags_parser=_parse_flags)

@@ -2,7 +2,8 @@
 
   keraslm-evaluate --model_dir=saved_models/shakespeare --data=held_out.txt --output_json=metrics.json
 
-The last line of stdout is one JSON object: perplexity, bits_per_byte, loss, num_tokens.
+The last line of stdout is one JSON object: perplexity, bits_per_byte, loss, num_tokens (null
+where a value is NaN or infinite, which JSON cannot hold).
 """
 
 import json
@@ -26,7 +27,7 @@ def main(argv):
     from keraslm.config import write_json_atomic
     from keraslm.data import read_text_file
     from keraslm.errors import InvalidInputError
-    from keraslm.evaluation import evaluate_text
+    from keraslm.evaluation import evaluate_text, json_safe
     from keraslm.inference import LanguageModel
 
     for name in ("model_dir", "data"):
@@ -42,14 +43,20 @@ def main(argv):
         metrics = evaluate_text(model, text, sequence_length)
     except InvalidInputError as error:
         raise InvalidInputError(f"--data={FLAGS.data}: {error}") from None
-    metrics = {"model_dir": model.path, "data": FLAGS.data, **metrics}
-    # Printed first: a failing write must not lose the run's result.
-    print(json.dumps(metrics), flush=True)
+    metrics = json_safe({"model_dir": _text(model.path), "data": _text(FLAGS.data), **metrics})
+    # Printed first: a failing write must not lose the run's result. allow_nan=False: the line
+    # is always valid JSON (json_safe turned NaN and infinities into null).
+    print(json.dumps(metrics, allow_nan=False), flush=True)
     if FLAGS.output_json:
         try:
             write_json_atomic(FLAGS.output_json, metrics)
         except OSError as error:
             raise InvalidInputError(f"--output_json={FLAGS.output_json}: cannot write ({error.strerror})") from None
+
+
+def _text(path):
+    """A path as printable text: bytes that are not UTF-8 (lone surrogates here) become U+FFFD."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def run():

@@ -24,15 +24,39 @@ def define_flags():
     flags.DEFINE_float("repetition_penalty", 1.0, "Penalize tokens already in the prompt or output (CTRL); 1 turns it off, 1.2 is typical.")
     flags.DEFINE_string("stop", "", "Stop a sample when this text appears, and cut it there; empty for none.")
     flags.DEFINE_integer("num_samples", 1, "Samples per prompt; sample i uses seed + i.")
-    flags.DEFINE_integer("num_beams", 1, "Beam search with this many beams when > 1 (deterministic; ignores sampling flags).")
+    flags.DEFINE_integer(
+        "num_beams", 1, "Beam search with this many beams when > 1 (deterministic; the sampling flags do not apply and are refused)."
+    )
     flags.DEFINE_integer("seed", None, "Random seed; the same seed, prompt and settings give the same text. Unset: random.")
 
 
-def _prompts():
-    from keraslm.data import read_text_file
+# Flags that steer sampling; beam search refuses them rather than ignore them.
+SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "repetition_penalty", "seed", "num_samples")
 
+
+def _check_utf8(name, values):
+    """--prompt and --stop arrive from the shell as bytes; those that are not UTF-8 reach Python
+    as lone surrogates, which the model cannot take."""
+    from keraslm.errors import InvalidInputError
+    from keraslm.inference import utf8_error
+
+    for index, value in enumerate(values):
+        problem = utf8_error(value)
+        if problem:
+            which = f" (number {index + 1})" if len(values) > 1 else ""
+            raise InvalidInputError(
+                f"--{name}{which} is not UTF-8 text: {problem}; pass UTF-8 (check the terminal's encoding)"
+                + (", or put the prompts in a UTF-8 file for --prompt_file" if name == "prompt" else "")
+            )
+
+
+def _prompts():
     prompts = list(FLAGS.prompt)
     if FLAGS.prompt_file:
+        # Imported only here: keraslm.data imports tensorflow-text's Python package, which imports
+        # Keras (about 1.5 s here).
+        from keraslm.data import read_text_file
+
         # Empty lines are skipped: a trailing newline should not add a prompt.
         prompts += [line for line in read_text_file(FLAGS.prompt_file, "--prompt_file").splitlines() if line]
     return prompts or [""]
@@ -48,31 +72,40 @@ def main(argv):
     for name, minimum in (("max_new_tokens", 1), ("num_samples", 1), ("num_beams", 1), ("top_k", 0)):
         if FLAGS[name].value < minimum:
             raise InvalidInputError(f"--{name}={FLAGS[name].value} must be at least {minimum}")
-    if FLAGS.num_samples > 1 and FLAGS.num_beams > 1:
-        raise InvalidInputError("--num_samples applies to sampling; beam search (--num_beams) returns one text per prompt")
+    if FLAGS.num_beams > 1:
+        given = [f"--{name}" for name in SAMPLING_FLAGS if FLAGS[name].present]
+        if given:
+            raise InvalidInputError(
+                f"{given[0]} applies to sampling; beam search (--num_beams={FLAGS.num_beams}) is deterministic and does "
+                f"not use {', '.join(given)}: drop {'it' if len(given) == 1 else 'them'}, or sample with --num_beams=1"
+            )
     if FLAGS.temperature < 0:
         raise InvalidInputError(f"--temperature={FLAGS.temperature} must be 0 (greedy) or positive")
     if not 0 < FLAGS.top_p <= 1:
         raise InvalidInputError(f"--top_p={FLAGS.top_p} must be in (0, 1]")
     if FLAGS.repetition_penalty <= 0:
         raise InvalidInputError(f"--repetition_penalty={FLAGS.repetition_penalty} must be positive")
+    _check_utf8("prompt", FLAGS.prompt)
+    _check_utf8("stop", [FLAGS.stop])
     prompts = _prompts()
     model = LanguageModel(FLAGS.model_dir)
     limit = model.config["export"]["max_new_tokens_limit"]
     if FLAGS.max_new_tokens > limit:
         raise InvalidInputError(f"--max_new_tokens={FLAGS.max_new_tokens} is above this model's limit of {limit}")
-    texts = model.generate(
-        prompts,
-        max_new_tokens=FLAGS.max_new_tokens,
-        temperature=FLAGS.temperature,
-        top_k=FLAGS.top_k,
-        top_p=FLAGS.top_p,
-        repetition_penalty=FLAGS.repetition_penalty,
-        seed=FLAGS.seed,
-        stop=FLAGS.stop,
-        num_samples=FLAGS.num_samples,
-        num_beams=FLAGS.num_beams,
-    )
+    if FLAGS.num_beams > 1:
+        texts = model.generate(prompts, max_new_tokens=FLAGS.max_new_tokens, stop=FLAGS.stop, num_beams=FLAGS.num_beams)
+    else:
+        texts = model.generate(
+            prompts,
+            max_new_tokens=FLAGS.max_new_tokens,
+            temperature=FLAGS.temperature,
+            top_k=FLAGS.top_k,
+            top_p=FLAGS.top_p,
+            repetition_penalty=FLAGS.repetition_penalty,
+            seed=FLAGS.seed,
+            stop=FLAGS.stop,
+            num_samples=FLAGS.num_samples,
+        )
     per_prompt = len(texts) // len(prompts)
     for index, text in enumerate(texts):
         prompt = prompts[index // per_prompt]

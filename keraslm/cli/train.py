@@ -97,13 +97,17 @@ def main(argv):
     from keraslm import export, training
 
     result = training.train(config, FLAGS.work_dir)
+    if result.steps_run:
+        timing = f"{result.wall_seconds:.1f} s wall, {result.ms_per_step:.1f} ms/step over {result.steps_run} steps"
+    else:
+        timing = f"nothing to train: the run is at step {result.step} and --train_steps={FLAGS.train_steps}"
     print(
-        f"keraslm: step {result.step}: train loss {result.train_loss:.4f}, val loss {result.val_loss:.4f}; "
-        f"{result.wall_seconds:.1f} s wall, {result.ms_per_step:.1f} ms/step over {result.steps_run} steps",
+        f"keraslm: step {result.step}: train loss {result.train_loss:.4f}, val loss {result.val_loss:.4f}; {timing}",
         flush=True,
     )
     if FLAGS.export_dir:
-        export.export_from_work_dir(FLAGS.work_dir, FLAGS.export_dir)
+        # A re-run that trained nothing would otherwise add an identical version every time.
+        export.export_from_work_dir(FLAGS.work_dir, FLAGS.export_dir, only_if_changed=True)
 
 
 def run():
