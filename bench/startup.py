@@ -131,7 +131,9 @@ def main():
         interpreter.append(timed_run([sys.executable, "-c", "pass"])[0])
         tensorflow.append(timed_run([sys.executable, "-c", "import tensorflow"])[0])
         for name in rewrites:
-            _, completed = timed_run([sys.executable, "-c", phases_code[name]])
+            # -P: the repository root (the working directory) is not put first on sys.path, so
+            # PYTHONPATH can point the API phases at other code, as it does the console script.
+            _, completed = timed_run([sys.executable, "-P", "-c", phases_code[name]])
             phases[name].append(json.loads(completed.stdout.strip().splitlines()[-1]))
         print(f"command {seconds:.2f} s; phases {[values[-1] for values in phases.values()]}", flush=True)
     keraslm = phases["keraslm"]
@@ -159,10 +161,14 @@ def main():
         f"{', '.join(str(count) for count in sorted(stderr_lines))}.\n\n"
         "| what | best (s) | median (s) |\n| --- | --- | --- |\n" + "\n".join(rows)
     )
-    # common.machine() imports TensorFlow to name the GPU; quietly, as the commands do.
-    from keraslm.tf_import import import_tensorflow_quietly
+    # common.machine() imports TensorFlow to name the GPU; quietly, as the commands do (when the
+    # keraslm measured has keraslm.tf_import: PYTHONPATH can point this script at older code).
+    try:
+        from keraslm.tf_import import import_tensorflow_quietly
 
-    import_tensorflow_quietly()
+        import_tensorflow_quietly()
+    except ImportError:
+        pass
     common.report("Start-up: keraslm-generate end to end", body, args.no_write)
 
 

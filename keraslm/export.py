@@ -63,8 +63,10 @@ class LanguageModelServer(tf.Module):
     Only the model's variables are tracked, not the Keras model object (as keras.export does):
     the SavedModel then holds plain TF functions and variables and loads without Keras.
 
-    Signatures (for TF Serving): serving_default, generate, score. Functions for the Python API
-    (tf.saved_model.load only): tokenize, detokenize, next_token_logits, score_windows.
+    Signatures (for TF Serving): serving_default, generate, score. Functions for the Python API,
+    which keraslm.inference calls in a graph Session (or through tf.saved_model.load): tokenize,
+    detokenize, next_token_logits, score_windows, and generate_plain_small / generate_plain /
+    generate_full, the decoding loop's variants that `generate` chooses among.
     """
 
     def __init__(self, model, tokenizer, run_config, export_config, config_path):
