@@ -1,0 +1,107 @@
+"""Labelled tables: CSV / TSV / JSONL (optionally gzipped) read with errors that name the file and line."""
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from keraslm import tables
+from keraslm.errors import InputNotFoundError, InvalidInputError
+
+WAIMAI = REPO / "data" / "waimai10k" / "waimai_10k.csv"
+
+
+def _write(path, text, gzipped=False):
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    if gzipped:
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("a.csv", 'label,text\npos,"good, really"\nneg,"bad\nand long"\npos,fine\n'),
+        ("a.tsv", "label\tsentence\npos\tgood, really\nneg\tbad and long\npos\tfine\n"),
+        ("a.jsonl", "\n".join(json.dumps(row) for row in [
+            {"text": "good, really", "label": "pos"}, {"text": "bad and long", "label": "neg"}, {"text": "fine", "label": "pos"}
+        ]) + "\n"),
+    ],
+)
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_each_format_reads_texts_labels_and_lines(tmp_path, name, content, gzipped):
+    path = _write(tmp_path / (name + (".gz" if gzipped else "")), content, gzipped)
+    table = tables.read_table(path, "--train_data")
+    assert table.labels == ["pos", "neg", "pos"]
+    assert table.texts[0] == "good, really" and table.texts[2] == "fine"
+    # A quoted CSV field over two lines keeps the line it starts on; the next row is line 5.
+    assert table.lines == ([2, 3, 5] if name.endswith("csv") else [2, 3, 4] if name.endswith("tsv") else [1, 2, 3])
+    assert tables.label_vocabulary(table) == ["neg", "pos"]
+
+
+def test_integer_labels_sort_numerically(tmp_path):
+    rows = [{"text": f"t{i}", "label": label} for i, label in enumerate([10, 2, 2, 10, 1])]
+    path = _write(tmp_path / "n.jsonl", "\n".join(map(json.dumps, rows)))
+    table = tables.read_table(path)
+    assert tables.label_vocabulary(table) == ["1", "2", "10"]
+    assert tables.label_ids(table, ["1", "2", "10"], "--train_data").tolist() == [2, 1, 1, 2, 0]
+
+
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("m.csv", "label,body,note\n1,x,y\n", "cannot tell which column holds the text (columns: label, body, note); pass --text_column"),
+        ("m.csv", "stars,text\n1,x\n", "line 1 (header) has no column 'label' (columns: stars, text); pass --label_column"),
+        ("r.tsv", "label\ttext\n1\tfine\n0\ttoo\tmany\n", "line 3 has 3 fields but the header has 2"),
+        ("e.csv", "label,text\n1,fine\n0,   \n", "line 3: the text is empty"),
+        ("l.csv", "label,text\n1,fine\n,blank label\n", "line 3: the 'label' field is empty or missing"),
+        ("j.jsonl", '{"text": "a", "label": 1}\n[1, 2]\n', "line 2 is not a JSON object but list"),
+        ("j.jsonl", '{"text": "a", "label": 1}\n{"text": "b"\n', "line 2 is not valid JSON"),
+        ("j.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "stars": 1}\n', "line 2 has no 'label' field (fields: text, stars)"),
+        ("x.txt", "label,text\n1,a\n", "cannot tell the format from the name; use a .csv, .tsv or .jsonl file"),
+        ("h.csv", "", "is empty; it needs a header row"),
+        ("o.csv", "label,text\n", "has no examples"),
+    ],
+)
+def test_bad_tables_name_the_file_and_line(tmp_path, name, content, expected):
+    path = _write(tmp_path / name, content)
+    with pytest.raises(InvalidInputError) as error:
+        tables.read_table(path, "--train_data")
+    assert str(error.value).startswith(f"--train_data={path}")
+    assert expected in str(error.value)
+
+
+def test_a_byte_that_is_not_utf8_names_its_line(tmp_path):
+    path = _write(tmp_path / "b.csv", b"label,text\n1,fine\n0,caf\xe9\n")
+    with pytest.raises(InvalidInputError, match=r"line 3: byte 0xe9 is not valid UTF-8"):
+        tables.read_table(path, "--valid_data")
+
+
+def test_missing_file_and_unseen_and_single_labels(tmp_path):
+    with pytest.raises(InputNotFoundError, match="no such file"):
+        tables.read_table(str(tmp_path / "absent.csv"))
+    train = tables.read_table(_write(tmp_path / "t.csv", "label,text\na,x\nb,y\n"))
+    valid = tables.read_table(_write(tmp_path / "v.csv", "label,text\na,x\nc,z\n"), "--valid_data")
+    with pytest.raises(InvalidInputError, match=r"--valid_data=.*v.csv: line 3: label 'c' does not occur in the training data \(labels: a, b\)"):
+        tables.label_ids(valid, tables.label_vocabulary(train), "--valid_data")
+    single = tables.read_table(_write(tmp_path / "s.csv", "label,text\na,x\na,y\n"))
+    with pytest.raises(InvalidInputError, match="a classifier needs at least two classes"):
+        tables.label_vocabulary(single)
+
+
+def test_the_stratified_split_is_seeded_and_keeps_class_shares():
+    # waimai10k is sorted by label (positives first): the split must shuffle.
+    table = tables.read_table(str(WAIMAI))
+    labels = np.array(table.labels)
+    keep, held_out = tables.stratified_split(table.labels, 0.1, seed=5)
+    again, held_out_again = tables.stratified_split(table.labels, 0.1, seed=5)
+    assert held_out.tolist() == held_out_again.tolist() and keep.tolist() == again.tolist()
+    assert not set(keep) & set(held_out) and len(keep) + len(held_out) == len(labels)
+    for label in ("0", "1"):
+        share = (labels[held_out] == label).sum() / (labels == label).sum()
+        assert abs(share - 0.1) < 0.002
+    other, _ = tables.stratified_split(table.labels, 0.1, seed=6)
+    assert other.tolist() != keep.tolist()
