@@ -32,6 +32,7 @@ setup(
             "keraslm-export=keraslm.cli.export:run",
             "keraslm-generate=keraslm.cli.generate:run",
             "keraslm-evaluate=keraslm.cli.evaluate:run",
+            "keraslm-classify=keraslm.cli.classify:run",
         ]
     },
 )

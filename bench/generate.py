@@ -45,7 +45,7 @@ def models(args):
 
     from keraslm import data
     from keraslm.config import ModelConfig, RunConfig, TokenizerConfig
-    from keraslm.models import build_model
+    from keraslm.tasks import build_model
     from keraslm.tokenizers import train_tokenizer
     from keraslm.training import load_trained_model
 
@@ -59,7 +59,7 @@ def models(args):
     for name, shape in PRESETS.items():
         keras.utils.set_random_seed(0)
         config = RunConfig(model=ModelConfig(vocabulary_size=tokenizer.vocabulary_size, **shape))
-        yield f"{name} (untrained)", config, build_model(config.model, use_cudnn=False), tokenizer
+        yield f"{name} (untrained)", config, build_model(config, use_cudnn=False), tokenizer
 
 
 def shape_of(config):
@@ -89,7 +89,7 @@ def main():
     import tensorflow as tf
 
     from keraslm.config import ExportConfig
-    from keraslm.export import export_language_model
+    from keraslm.export import export_model
 
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
     peak_before = common.matmul_gflops()
@@ -97,7 +97,7 @@ def main():
     for name, config, model, tokenizer in models(args):
         signatures = {}
         for cached in (True, False):
-            path = export_language_model(
+            path = export_model(
                 model, tokenizer, config, tempfile.mkdtemp(), ExportConfig(kv_cache=cached), verbose=False
             )
             signatures[cached] = tf.saved_model.load(path).signatures["generate"]

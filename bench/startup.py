@@ -36,12 +36,12 @@ import common  # noqa: E402  (bench/common.py)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# keraslm.inference._call_config replacements for --compare_rewrites.
+# keraslm.saved_model_session._call_config replacements for --compare_rewrites.
 REWRITES = {
     "keraslm": "",
     "all grappler passes (TF's default)": """
 from tensorflow.core.protobuf import config_pb2
-inference._call_config = config_pb2.ConfigProto
+saved_model_session._call_config = config_pb2.ConfigProto
 """,
     "grappler off": """
 from tensorflow.core.protobuf import config_pb2
@@ -49,7 +49,7 @@ def _no_grappler():
     config = config_pb2.ConfigProto()
     config.graph_options.rewrite_options.disable_meta_optimizer = True
     return config
-inference._call_config = _no_grappler
+saved_model_session._call_config = _no_grappler
 """,
 }
 
@@ -58,6 +58,7 @@ PHASES = """
 import json, sys, time
 started = time.perf_counter()
 import keraslm.inference as inference
+from keraslm import saved_model_session
 imported = time.perf_counter()
 {rewrite}
 model = inference.load({model_dir!r})

@@ -14,7 +14,7 @@ from typing import Optional
 
 from keraslm.errors import InvalidInputError
 
-TASKS = ("lm",)
+TASKS = ("lm", "classify")
 TOKENIZERS = ("char", "byte", "wordpiece", "sentencepiece")
 MODELS = ("transformer", "lstm")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
@@ -25,9 +25,25 @@ DEFAULT_SUBWORD_VOCABULARY_SIZE = 8000
 # keras.utils.set_random_seed seeds numpy, whose seeds are unsigned 32-bit integers.
 MAX_SEED = 2**32 - 1
 
+# config.json's layout. 2: checkpoints keep the backbone apart from the task's head (keraslm
+# 0.2); 1 (no such field): one Keras model per checkpoint (keraslm 0.1).
+FORMAT_VERSION = 2
 
 # Settings become float32 tensors: a larger magnitude turns into infinity there.
 FLOAT32_MAX = 3.4028234663852886e38
+
+
+def setting(default, help, choices=None, flag=True):  # pylint: disable=redefined-builtin
+    """A dataclass field that is also a command-line flag: declared once, here.
+
+    keraslm.cli.flags derives each command's flags (name, type, default, help, choices) from these
+    fields and builds the config back from the parsed flags. flag=False: set by keraslm itself
+    (e.g. the vocabulary size the trained tokenizer ended up with), never by a user.
+    """
+    metadata = {"help": help, "choices": choices, "flag": flag}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def _check_finite(config, names):
@@ -42,11 +58,12 @@ def _check_finite(config, names):
 
 @dataclasses.dataclass
 class TokenizerConfig:
-    # One of TOKENIZERS.
-    tokenizer: str = "char"
-    # Cap on the trained vocabulary, special tokens included. 0 means: every character seen
-    # (char), 258 (byte, fixed), DEFAULT_SUBWORD_VOCABULARY_SIZE (wordpiece, sentencepiece).
-    vocabulary_size: int = 0
+    tokenizer: str = setting("char", "How text becomes ids; trained on --train_data.", choices=TOKENIZERS)
+    vocabulary_size: int = setting(
+        0,
+        "Vocabulary cap incl. special tokens. 0: every character (char), 258 (byte), "
+        f"{DEFAULT_SUBWORD_VOCABULARY_SIZE} (wordpiece, sentencepiece).",
+    )
 
     def validate(self):
         if self.tokenizer not in TOKENIZERS:
@@ -65,18 +82,22 @@ class TokenizerConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    # One of MODELS.
-    model: str = "transformer"
+    model: str = setting(
+        "transformer",
+        "Backbone: transformer (keras-nlp decoder for --task=lm, encoder for --task=classify) or lstm "
+        "(bidirectional for --task=classify).",
+        choices=MODELS,
+    )
     # Filled in from the trained tokenizer; models never see the tokenizer itself.
-    vocabulary_size: int = 0
-    # Context window in tokens: the Transformer's position table and the training window.
-    sequence_length: int = 64
-    hidden_dim: int = 128
-    # Width of the Transformer's feed-forward block; 0 means 4 * hidden_dim (GPT convention).
-    intermediate_dim: int = 0
-    num_layers: int = 4
-    num_heads: int = 4
-    dropout: float = 0.0
+    vocabulary_size: int = setting(0, "The trained tokenizer's vocabulary size.", flag=False)
+    sequence_length: int = setting(
+        64, "Context window in tokens: the LM's training window; a classifier's longest text (longer ones are cut)."
+    )
+    hidden_dim: int = setting(128, "Width of embeddings and hidden states.")
+    intermediate_dim: int = setting(0, "Transformer feed-forward width; 0 means 4 * hidden_dim.")
+    num_layers: int = setting(4, "Number of Transformer blocks or LSTM layers.")
+    num_heads: int = setting(4, "Attention heads per Transformer block; must divide --hidden_dim.")
+    dropout: float = setting(0.0, "Dropout rate in [0, 1); 0 for small data and short runs.")
 
     def resolved_intermediate_dim(self):
         return self.intermediate_dim or 4 * self.hidden_dim
@@ -104,31 +125,47 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    train_data: str = ""
-    # Empty: hold out the last 10% of --train_data (nanoGPT's convention).
-    valid_data: str = ""
-    batch_size: int = 12
-    # Optimizer steps in the whole run; a resumed run stops at the same number.
-    train_steps: int = 2000
-    learning_rate: float = 1e-3
+    train_data: str = setting(
+        "",
+        "File to train on (required): UTF-8 text for --task=lm; a CSV, TSV or JSONL file (optionally .gz) "
+        "with a header and a text and a label column for --task=classify.",
+    )
+    valid_data: str = setting(
+        "",
+        "File to validate on, like --train_data. Empty: hold out the last --valid_fraction of the text (lm), "
+        "or a seeded, stratified --valid_fraction of the examples (classify).",
+    )
+    valid_fraction: float = setting(
+        0.1, "Without --valid_data: the share of --train_data held out for validation, in (0, 1)."
+    )
+    text_column: str = setting(
+        "", "--task=classify: the column (field) holding the text. Empty: text, sentence, review, content or document."
+    )
+    label_column: str = setting("label", "--task=classify: the column (field) holding the label (strings or integers).")
+    batch_size: int = setting(12, "Windows (lm) or examples (classify) per optimizer step.")
+    train_steps: int = setting(2000, "Optimizer steps in the whole run (a resumed run ends here too).")
+    learning_rate: float = setting(1e-3, "Peak AdamW learning rate, reached after --warmup_steps.")
     # Cosine decay ends here (nanoGPT: learning_rate / 10).
-    min_learning_rate: float = 1e-4
+    min_learning_rate: float = setting(1e-4, "Learning rate at the end of the cosine decay.")
     # -1: 5% of train_steps, at most 100 (nanoGPT's 100 at 2000 steps).
-    warmup_steps: int = -1
-    weight_decay: float = 0.1
+    warmup_steps: int = setting(
+        -1, "Steps of linear learning-rate warmup from 0; -1: 5% of --train_steps, at most 100."
+    )
+    weight_decay: float = setting(0.1, "AdamW decoupled weight decay (not applied to biases and norms).")
     # nanoGPT's character-level setting: beta_2 0.99 because batches are small and noisy.
-    beta_1: float = 0.9
-    beta_2: float = 0.99
-    gradient_clip_norm: float = 1.0
-    # Validate, log and checkpoint every this many steps (and at the last step).
-    eval_interval: int = 250
-    # Validation batches per evaluation; 0 means the whole held-out set.
-    eval_steps: int = 0
-    seed: int = 1337
-    # None: the fastest setting measured for the model kind and device (see training.py).
-    jit_compile: Optional[bool] = None
-    steps_per_execution: int = 1
-    mixed_precision: str = "none"
+    beta_1: float = setting(0.9, "AdamW first-moment decay.")
+    beta_2: float = setting(0.99, "AdamW second-moment decay.")
+    gradient_clip_norm: float = setting(1.0, "Clip the global gradient norm to this; 0 turns clipping off.")
+    eval_interval: int = setting(250, "Validate, log and checkpoint every this many steps (and at the last step).")
+    eval_steps: int = setting(0, "Validation batches per evaluation; 0 means the whole validation set.")
+    seed: int = setting(1337, "Random seed: same seed and flags give the same run.")
+    jit_compile: Optional[bool] = setting(
+        None, "Compile train steps with XLA. Unset: the fastest measured choice for --model and the device."
+    )
+    steps_per_execution: int = setting(1, "Optimizer steps per call into the compiled graph.")
+    mixed_precision: str = setting(
+        "none", "Keras dtype policy; mixed_float16 for CUDA GPUs.", choices=MIXED_PRECISION
+    )
 
     def resolved_warmup_steps(self):
         if self.warmup_steps == -1:
@@ -138,7 +175,7 @@ class TrainConfig:
     def validate(self):
         _check_finite(self, ("learning_rate", "min_learning_rate", "weight_decay", "beta_1", "beta_2", "gradient_clip_norm"))
         if not self.train_data:
-            raise InvalidInputError("--train_data is required: a UTF-8 text file to train on")
+            raise InvalidInputError("--train_data is required: the file to train on")
         for name in ("batch_size", "train_steps", "eval_interval", "steps_per_execution"):
             value = getattr(self, name)
             if value < 1:
@@ -170,18 +207,23 @@ class TrainConfig:
             raise InvalidInputError(
                 f"--mixed_precision={self.mixed_precision!r} is not known; use one of {', '.join(MIXED_PRECISION)}"
             )
+        _check_finite(self, ("valid_fraction",))
+        if not 0 < self.valid_fraction < 1:
+            raise InvalidInputError(f"--valid_fraction={self.valid_fraction} must be between 0 and 1 (0.1 holds out 10%)")
+        if not self.label_column:
+            raise InvalidInputError("--label_column is empty; name the column that holds the labels")
 
 
 @dataclasses.dataclass
 class ExportConfig:
-    # What serving_default does: prompt -> max_new_tokens tokens at this temperature.
-    max_new_tokens: int = 100
-    temperature: float = 0.8
-    # The largest max_new_tokens a request may ask for.
-    max_new_tokens_limit: int = 4096
-    # Incremental decoding (Transformer key/value cache, LSTM state). False re-runs the model over
-    # the context at every step: exact and slow, kept to measure the cache against.
-    kv_cache: bool = True
+    max_new_tokens: int = setting(100, "Language models: tokens serving_default generates per prompt.")
+    temperature: float = setting(0.8, "Language models: sampling temperature of serving_default; 0 is greedy.")
+    max_new_tokens_limit: int = setting(4096, "Language models: the largest max_new_tokens a request may ask for.")
+    kv_cache: bool = setting(
+        True,
+        "Language models: incremental decoding (Transformer key/value cache, LSTM state). "
+        "false: recompute the context every step (exact, slow).",
+    )
 
     def validate(self):
         # A non-finite default temperature would make every serving_default request fail.
@@ -194,14 +236,24 @@ class ExportConfig:
             raise InvalidInputError(f"--temperature={self.temperature} must be 0 (greedy) or positive")
 
 
+# The sections of a RunConfig, in config.json order.
+SECTIONS = {"tokenizer": TokenizerConfig, "model": ModelConfig, "train": TrainConfig}
+
+
 @dataclasses.dataclass
 class RunConfig:
     """Everything that defines a training run; written to <work_dir>/config.json."""
 
-    task: str = "lm"
+    task: str = setting(
+        "lm", "What to train: lm = a language model on raw text; classify = a text classifier on labelled examples.",
+        choices=TASKS,
+    )
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    # Classifiers: the label names, sorted, from the training file; the model's class order.
+    labels: list = setting([], "The classifier's label names.", flag=False)
+    format_version: int = setting(FORMAT_VERSION, "config.json layout.", flag=False)
 
     def validate(self):
         if self.task not in TASKS:
@@ -217,16 +269,21 @@ class RunConfig:
     def from_dict(cls, data, source="config"):
         if not isinstance(data, dict):
             raise InvalidInputError(f"{source}: not a JSON object but {_json_type(data)}")
-        sections = {"tokenizer": TokenizerConfig, "model": ModelConfig, "train": TrainConfig}
         kwargs = {}
         for key, value in data.items():
-            if key in sections:
-                kwargs[key] = _dataclass_from_dict(sections[key], value, f"{source}: {key}")
-            elif key == "task":
-                _check_type(value, str, f"{source}: task")
+            if key in SECTIONS:
+                kwargs[key] = _dataclass_from_dict(SECTIONS[key], value, f"{source}: {key}")
+            elif key in ("task", "format_version"):
+                _check_type(value, str if key == "task" else int, f"{source}: {key}")
+                kwargs[key] = value
+            elif key == "labels":
+                if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+                    raise InvalidInputError(f"{source}: labels is {_json_type(value)}; expected an array of strings")
                 kwargs[key] = value
             else:
                 raise InvalidInputError(f"{source}: unknown field {key!r}")
+        # Written before format_version existed: keraslm 0.1.
+        kwargs.setdefault("format_version", 1)
         return cls(**kwargs)
 
 
@@ -308,6 +365,17 @@ def load_run_config(path):
     except InvalidInputError as error:
         message = str(error) if str(error).startswith(str(path)) else f"{path}: {error}"
         raise InvalidInputError(f"{message}; {advice}") from None
+    if config.format_version < FORMAT_VERSION:
+        # Its checkpoints hold one whole model; this version restores backbone and head apart.
+        raise InvalidInputError(
+            f"{path}: this run was trained by keraslm 0.1, whose checkpoints this version cannot resume or export. "
+            "Models it exported still load and serve unchanged. To go on training, start a new --work_dir "
+            "(or export it first with keraslm 0.1)"
+        )
+    if config.format_version > FORMAT_VERSION:
+        raise InvalidInputError(
+            f"{path}: written by a newer keraslm (format {config.format_version}); upgrade keraslm to use this run"
+        )
     return config
 
 

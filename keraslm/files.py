@@ -1,4 +1,4 @@
-"""Facts about processes and file systems that staging and crash recovery rely on."""
+"""Facts about processes and file systems that staging and crash recovery rely on, and atomic writes."""
 
 import errno
 import os
@@ -18,3 +18,17 @@ def pid_alive(pid):
 def is_disk_full(error):
     """True for 'no space left' however it arrives: an OSError, or a TensorFlow error's message."""
     return getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(error)
+
+
+def save_figure_atomic(figure, path):
+    """Saves a matplotlib figure as a PNG a reader never sees half-written, then closes it."""
+    from matplotlib import pyplot
+
+    temporary = f"{path}.tmp-{os.getpid()}.png"
+    try:
+        figure.savefig(temporary, dpi=100)
+        os.replace(temporary, path)
+    finally:
+        pyplot.close(figure)
+        if os.path.exists(temporary):
+            os.remove(temporary)

@@ -1,7 +1,7 @@
 """The decoding loop: prompts -> sampled continuations, as TensorFlow ops that live in a SavedModel.
 
 The loop is a tf.while_loop over positions that stops as soon as every row is done. A
-model-specific stepper (keraslm.models) turns the token buffer and its own state into next-token
+model-specific stepper (keraslm.steppers) turns the token buffer and its own state into next-token
 logits; this module shapes them with each row's controls (repetition penalty, temperature, top-k,
 top-p) and samples with one random stream per row, so a row's text depends only on its own
 prompt, controls and seed, never on the rest of the batch.
@@ -224,7 +224,7 @@ def generate_tokens(stepper, prompt_ids, controls, detokenize, variant=None):
     """Continues each prompt; returns (new token ids, ragged (B, (num_tokens[b])), num_tokens).
 
     Args:
-        stepper: a keraslm.models stepper (initial_state / step).
+        stepper: a keraslm.steppers stepper (initial_state / step).
         prompt_ids: ragged int32 (B, (n_b)), every n_b >= 1.
         controls: a Controls of (B,) tensors.
         detokenize: ids (B, T) -> strings (B,); used to watch for stop strings.

@@ -1,4 +1,5 @@
-"""The Python API over an exported model: `keraslm.load(path)` -> generate / score / beam search.
+"""The Python API over an exported model: `keraslm.load(path)` -> generate / score / beam search for a
+language model, classify for a text classifier.
 
 Loading and sampling need only TensorFlow and tensorflow-text's ops, like any TF Serving client;
 beam search borrows keras-nlp's BeamSampler, imported only when asked for.
@@ -15,7 +16,6 @@ import os
 import random
 import re
 import sys
-import threading
 import typing
 
 import numpy as np
@@ -30,11 +30,9 @@ register_text_ops()  # The tokenizer ops the SavedModel uses.
 # of TensorFlow unimported (tf_import's docstring). `tf.` is for the fallbacks and beam search.
 # pylint: disable=wrong-import-position
 from google.protobuf.message import DecodeError  # noqa: E402  (protobuf comes with TensorFlow)
-from tensorflow.core.framework import graph_pb2  # noqa: E402
-from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2, saved_model_pb2  # noqa: E402
-from tensorflow.python.client import session as tf_session  # noqa: E402
-from tensorflow.python.framework import dtypes, errors, importer, ops  # noqa: E402
-from tensorflow.python.ops import array_ops, gen_functional_ops, gen_resource_variable_ops  # noqa: E402
+from tensorflow.python.framework import errors  # noqa: E402
+
+from keraslm.saved_model_session import SavedModelSession  # noqa: E402
 
 CONFIG_ASSET = "config.json"
 
@@ -44,7 +42,7 @@ DEFAULT_TEMPERATURE = 0.8
 
 # keraslm.generation.SMALL_BATCH and choose_variant, restated here because importing
 # keraslm.generation would import tensorflow-text's Python package and with it Keras (seconds);
-# tests/test_inference.py checks that the two agree.
+# tests/test_generation.py checks that the two agree.
 SMALL_BATCH = 8
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -105,7 +103,7 @@ def utf8_error(text):
         return "it holds a lone surrogate code point, which has no UTF-8 encoding"
     except UnicodeDecodeError as error:
         return f"byte 0x{data[error.start]:02x} at byte offset {error.start} is not valid UTF-8"
-    return "it is not valid UTF-8"
+    return "it holds surrogate code points standing for bytes, not text"
 
 
 def _encoded(name, texts):
@@ -161,226 +159,44 @@ def _damaged(model_dir, path, error):
     )
 
 
-def _call_config():
-    """Graph optimization for the SavedModel's functions: grappler without constant folding and
-    layout optimization, which took about half of a first call's set-up here and do not make
-    decoding faster (BENCHMARKS.md, "Start-up")."""
-    config = config_pb2.ConfigProto()
-    rewrite = config.graph_options.rewrite_options
-    rewrite.constant_folding = rewriter_config_pb2.RewriterConfig.OFF
-    rewrite.layout_optimizer = rewriter_config_pb2.RewriterConfig.OFF
-    return config
-
-
-def _function_references(node_defs):
-    names = set()
-    for node in node_defs:
-        for value in node.attr.values():
-            if value.func.name:
-                names.add(value.func.name)
-            names.update(function.name for function in value.list.func)
-    return names
-
-
-class _SavedModelSession:
-    """A SavedModel's graph in a TF1-style Session: how TF Serving runs it.
-
-    Loading imports the graph's variables, tables and initializers (not its functions), restores
-    the checkpoint and runs the asset initializers (the vocabulary tables). Functions are
-    imported on first call: the signatures, and the functions the root object keeps for the
-    Python API (tokenize, detokenize, ..., the decoding-loop variants), which only
-    tf.saved_model.load would otherwise reach. A function is called with the variables, tables
-    and constants it captured, found by their SavedObjectGraph ids through the signatures, which
-    capture all of them.
-    """
-
-    def __init__(self, path):
-        saved_model = saved_model_pb2.SavedModel()
-        with open(os.path.join(path, "saved_model.pb"), "rb") as file:
-            try:
-                saved_model.ParseFromString(file.read())
-            except DecodeError as error:
-                raise ValueError(f"saved_model.pb cannot be parsed: {error}") from None
-        meta_graphs = [graph for graph in saved_model.meta_graphs if "serve" in graph.meta_info_def.tags]
-        if not meta_graphs:
-            raise ValueError("saved_model.pb has no MetaGraph tagged 'serve'")
-        meta_graph = meta_graphs[0]
-        self.signature_defs = {
-            name: signature for name, signature in meta_graph.signature_def.items() if not name.startswith("__")
-        }
-        self.asset_files = [asset.filename for asset in meta_graph.asset_file_def]
-        self._library = {function.signature.name: function for function in meta_graph.graph_def.library.function}
-        self._objects = meta_graph.object_graph_def
-        self._versions = meta_graph.graph_def.versions
-        self._config = _call_config().SerializeToString()
-        graph_nodes = {node.name: node for node in meta_graph.graph_def.node}
-        self._signature_calls = {}  # signature name -> its call node in saved_model.pb
-        self._captures = {}  # SavedObjectGraph node id -> the graph tensor that holds it
-        for name, signature in self.signature_defs.items():
-            call = graph_nodes[next(iter(signature.outputs.values())).name.split(":")[0]]
-            self._signature_calls[name] = call
-            bound_inputs = self._objects.concrete_functions[call.attr["f"].func.name].bound_inputs
-            explicit = len(call.input) - len(bound_inputs)
-            for node_id, tensor in zip(bound_inputs, call.input[explicit:]):
-                self._captures[node_id] = tensor if ":" in tensor else tensor + ":0"
-        calls = {call.name for call in self._signature_calls.values()}
-        nodes = [node for node in meta_graph.graph_def.node if node.name not in calls]
-        self._graph = ops.Graph()
-        self._imported = set()
-        self._import_functions(_function_references(nodes), nodes)
-        session_config = config_pb2.ConfigProto()
-        # The top-level graph is only placeholders and calls; each call optimizes its function.
-        session_config.graph_options.rewrite_options.disable_meta_optimizer = True
-        session_config.graph_options.optimizer_options.opt_level = config_pb2.OptimizerOptions.L0
-        self._session = tf_session.Session(graph=self._graph, config=session_config)
-        saver = meta_graph.saver_def
-        try:
-            self._session.run(saver.restore_op_name, {saver.filename_tensor_name: os.path.join(path, "variables", "variables")})
-        except errors.OpError as error:
-            raise ValueError(f"the weights in variables/ cannot be read: {error.message}") from None
-        for name in self.asset_files:
-            # Some are read by the initializers below, others never (the sentencepiece model also
-            # travels inside the graph); either way the export is not what keraslm-export wrote.
-            if not os.path.isfile(os.path.join(path, "assets", name)):
-                raise ValueError(f"assets/{name} is missing")
-        init = meta_graph.signature_def.get("__saved_model_init_op")
-        if init is not None:
-            assets = {
-                asset.tensor_info.name: os.path.join(path, "assets", asset.filename) for asset in meta_graph.asset_file_def
-            }
-            self._session.run(init.outputs["__saved_model_init_op"].name, assets)
-        # The resources the functions capture are created now rather than in a first call: the
-        # sentencepiece model's loader logs "normalizer.cc(51) LOG(INFO) ..." to descriptor 2.
-        with native_stderr_captured():
-            self._session.run([self._graph.get_tensor_by_name(name).op for name in set(self._captures.values())])
-        with self._graph.as_default():
-            handles = [op.outputs[0] for op in self._graph.get_operations() if op.type == "VarHandleOp"]
-            initialized = [gen_resource_variable_ops.var_is_initialized_op(handle) for handle in handles]
-        # False for exports whose functions read variables the checkpoint does not restore
-        # (keraslm before it tracked Keras 3's inner tf.Variables); tf.saved_model.load runs them.
-        self.usable = all(self._session.run(initialized)) if initialized else True
-        self._callables = {}
-        self._lock = threading.Lock()
-
-    def _import_functions(self, names, nodes=()):
-        """Adds the named functions, the functions they call and `nodes` to the graph."""
-        pending, needed = list(names), []
-        while pending:
-            name = pending.pop()
-            if name in self._imported:
-                continue
-            if name not in self._library:
-                raise ValueError(f"saved_model.pb lacks the function {name}")
-            self._imported.add(name)
-            function = self._library[name]
-            for node in function.node_def:
-                if node.op in ("StatefulPartitionedCall", "PartitionedCall"):
-                    node.attr["config_proto"].s = self._config
-            needed.append(function)
-            pending.extend(_function_references(function.node_def))
-        graph_def = graph_pb2.GraphDef(versions=self._versions, node=list(nodes))
-        graph_def.library.function.extend(needed)
-        with self._graph.as_default():
-            importer.import_graph_def(graph_def, name="")
-
-    def _make_call(self, function_name, captures):
-        """callable(*explicit inputs) -> list of outputs, for a function of the library."""
-        function = self._library.get(function_name)
-        if function is None:
-            raise ValueError(f"saved_model.pb lacks the function {function_name}")
-        self._import_functions([function_name])
-        explicit = function.signature.input_arg[: len(function.signature.input_arg) - len(captures)]
-        with self._graph.as_default():
-            feeds = [array_ops.placeholder(dtypes.as_dtype(arg.type)) for arg in explicit]
-            outputs = gen_functional_ops.stateful_partitioned_call(
-                args=feeds + [self._graph.get_tensor_by_name(name) for name in captures],
-                Tout=[dtypes.as_dtype(arg.type) for arg in function.signature.output_arg],
-                f=function_name,
-                config_proto=self._config,
-            )
-        return self._session.make_callable(list(outputs), feeds), [arg.name for arg in explicit]
-
-    def signature(self, name):
-        """callable(**inputs) -> {output name: array} for a signature."""
-        with self._lock:
-            if ("signature", name) not in self._callables:
-                signature, call = self.signature_defs[name], self._signature_calls[name]
-                bound_inputs = self._objects.concrete_functions[call.attr["f"].func.name].bound_inputs
-                explicit = call.input[: len(call.input) - len(bound_inputs)]
-                captures = [tensor if ":" in tensor else tensor + ":0" for tensor in call.input[len(explicit) :]]
-                function, _ = self._make_call(call.attr["f"].func.name, captures)
-                position = {tensor: index for index, tensor in enumerate(explicit)}
-                inputs = sorted(signature.inputs, key=lambda key: position[signature.inputs[key].name.split(":")[0]])
-                outputs = {key: int(info.name.split(":")[1]) for key, info in signature.outputs.items()}
-
-                def call_signature(**values):
-                    results = function(*[values[key] for key in inputs])
-                    return {key: results[index] for key, index in outputs.items()}
-
-                self._callables[("signature", name)] = call_signature
-            return self._callables[("signature", name)]
-
-    def function(self, attribute):
-        """A function the root object keeps (tokenize, generate_plain, ...), or None.
-
-        callable(*inputs, **inputs by name) -> {output name: array} for functions that return a
-        dict, else the one array.
-        """
-        with self._lock:
-            if ("function", attribute) not in self._callables:
-                self._callables[("function", attribute)] = self._root_function(attribute)
-            return self._callables[("function", attribute)]
-
-    def _root_function(self, attribute):
-        children = {child.local_name: child.node_id for child in self._objects.nodes[0].children}
-        if attribute not in children:
-            return None
-        saved = self._objects.nodes[children[attribute]]
-        if saved.WhichOneof("kind") != "function" or len(saved.function.concrete_functions) != 1:
-            return None
-        name = saved.function.concrete_functions[0]
-        bound_inputs = self._objects.concrete_functions[name].bound_inputs
-        if not all(node_id in self._captures for node_id in bound_inputs):
-            return None  # It captures something no signature does: not reachable this way.
-        function, names = self._make_call(name, [self._captures[node_id] for node_id in bound_inputs])
-        structure = self._objects.concrete_functions[name].output_signature
-        # Dict outputs come out flattened in sorted key order (tf.nest).
-        keys = sorted(structure.dict_value.fields) if structure.WhichOneof("kind") == "dict_value" else None
-
-        def call_function(*args, **named):
-            results = function(*args, *[named[name] for name in names[len(args) :]])
-            return dict(zip(keys, results)) if keys is not None else results[0]
-
-        return call_function
-
-    def close(self):
-        self._session.close()
-
-
 # What TensorFlow and protobuf raise on a truncated or incomplete SavedModel.
 _LOAD_ERRORS = (OSError, ValueError, KeyError, IndexError, DecodeError, errors.OpError)
 
 
-class LanguageModel:
-    """An exported keraslm language model, loaded from a version or base directory."""
+class _Export:
+    """What every kind of keraslm export shares: its directory, config asset, Session and calls."""
 
-    def __init__(self, model_dir):
-        self.path = resolve_model_dir(model_dir)
+    # The task in assets/config.json this class serves, and the signatures it needs.
+    task = None
+    required_signatures = set()
+
+    def __init__(self, model_dir, path=None):
+        self.path = path or resolve_model_dir(model_dir)
         self._model_dir = model_dir
         self._restored = None  # tf.saved_model.load's object, for exports the Session cannot run
         config_path = os.path.join(self.path, "assets", CONFIG_ASSET)
         try:
             with open(config_path, encoding="utf-8") as file:
                 self._config = json.load(file)
-            self._config["export"]["max_new_tokens_limit"], self._config["model"]["sequence_length"]
+            task = self._config.get("task", "lm")
         except FileNotFoundError:
             raise self._damaged(f"assets/{CONFIG_ASSET} is missing") from None
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError, AttributeError) as error:
+            raise self._damaged(f"assets/{CONFIG_ASSET} is unreadable: {error}") from None
+        if task != self.task:
+            command = _COMMANDS.get(task, "the keraslm command for it")
+            raise InvalidInputError(
+                f"--model_dir={self.path} is a {_TASK_NAMES.get(task, repr(task))} export, not a "
+                f"{_TASK_NAMES[self.task]}; use {command} with it"
+            )
+        try:
+            self._check_config()
+        except (KeyError, TypeError) as error:
             raise self._damaged(f"assets/{CONFIG_ASSET} is unreadable: {error}") from None
         if not os.path.isfile(os.path.join(self.path, "variables", "variables.index")):
             raise self._damaged("variables/variables.index is missing")
         try:
-            self._session = _SavedModelSession(self.path)
+            self._session = SavedModelSession(self.path)
         except _LOAD_ERRORS as error:
             raise self._damaged(error) from None
         if not self._session.usable:
@@ -395,10 +211,11 @@ class LanguageModel:
                 flush=True,
             )
         names = set(self._session.signature_defs) if self._session else set(self._restored.signatures)
-        if not {"generate", "score"} <= names:
+        missing = sorted(self.required_signatures - names)
+        if missing:
             raise InvalidInputError(
-                f"--model_dir={self.path} is a SavedModel without keraslm's generate and score signatures; "
-                "export it with keraslm-export"
+                f"--model_dir={self.path} is a SavedModel without keraslm's {' and '.join(missing)} "
+                f"signature{'s' if len(missing) > 1 else ''}; export it with keraslm-export"
             )
 
     def _damaged(self, error):
@@ -459,6 +276,25 @@ class LanguageModel:
             return function(*args, **named)
         except errors.InvalidArgumentError as error:
             raise InvalidInputError(_assertion_message(error.message)) from None
+
+    def _check_config(self):
+        """Raises KeyError or TypeError when assets/config.json lacks what this class reads."""
+        self._config["model"]["sequence_length"]  # pylint: disable=pointless-statement
+
+    @property
+    def config(self):
+        """The training and export settings stored in the SavedModel (assets/config.json)."""
+        return self._config
+
+
+class LanguageModel(_Export):
+    """An exported keraslm language model: generate, score, tokenize."""
+
+    task = "lm"
+    required_signatures = {"generate", "score"}
+
+    def _check_config(self):
+        self._config["export"]["max_new_tokens_limit"], self._config["model"]["sequence_length"]  # pylint: disable=pointless-statement
 
     # === Sampling ===
 
@@ -616,10 +452,49 @@ class LanguageModel:
         outputs = self._function("score_windows")(np.asarray(windows, np.int32), np.asarray(lengths, np.int32))
         return outputs["log_likelihood"], outputs["num_tokens"]
 
+
+
+class Classification(typing.NamedTuple):
+    label: str  # the most likely label
+    score: float  # its probability
+    scores: dict  # label -> probability, in the model's label order
+
+
+class Classifier(_Export):
+    """An exported keraslm text classifier: classify raw strings into its labels."""
+
+    task = "classify"
+    required_signatures = {"serving_default"}
+    # Texts per call into the SavedModel: bounds memory for long input files.
+    BATCH_SIZE = 64
+
+    def _check_config(self):
+        labels = self._config["labels"]
+        if not isinstance(labels, list) or len(labels) < 2:
+            raise TypeError("it names fewer than two labels")
+
     @property
-    def config(self):
-        """The training and export settings stored in the SavedModel (assets/config.json)."""
-        return self._config
+    def labels(self):
+        """The label names, in the order of the scores."""
+        return list(self._config["labels"])
+
+    def classify(self, texts):
+        """A Classification (label, score, scores) per text; a str gives a list of one."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        encoded = _encoded("texts", texts)
+        results = []
+        for start in range(0, len(encoded), self.BATCH_SIZE):
+            outputs = self._signature("serving_default", text=encoded[start : start + self.BATCH_SIZE])
+            for label, scores in zip(outputs["label"], outputs["scores"]):
+                probabilities = {name: float(value) for name, value in zip(self.labels, scores)}
+                label = label.decode("utf-8")
+                results.append(Classification(label, probabilities[label], probabilities))
+        return results
+
+
+# What each task's export is called, and the command that uses it.
+_TASK_NAMES = {"lm": "language model", "classify": "text classifier"}
+_COMMANDS = {"lm": "keraslm-generate (or keraslm.load(...).generate)", "classify": "keraslm-classify (or keraslm.load(...).classify)"}
 
 
 def _assertion_message(message):
@@ -633,5 +508,15 @@ def _assertion_message(message):
 
 
 def load(model_dir):
-    """Loads an exported language model (a version directory or a base directory)."""
-    return LanguageModel(model_dir)
+    """Loads an export (a version directory or a base directory) as the class of its task.
+
+    A language model (`.generate`, `.score`) or a text classifier (`.classify`), from the task
+    recorded in the export's assets/config.json.
+    """
+    path = resolve_model_dir(model_dir)
+    try:
+        with open(os.path.join(path, "assets", CONFIG_ASSET), encoding="utf-8") as file:
+            task = json.load(file).get("task", "lm")
+    except (OSError, ValueError, AttributeError):
+        task = "lm"  # The class's own loading names what is wrong.
+    return (Classifier if task == "classify" else LanguageModel)(model_dir, path=path)

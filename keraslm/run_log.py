@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from keraslm.config import write_json_atomic
 from keraslm.errors import InvalidInputError
+from keraslm.files import save_figure_atomic
 
 METRICS_FILE = "metrics.json"
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -41,8 +42,10 @@ class RunLog:
     measure those steps again.
     """
 
-    def __init__(self, work_dir, resume_step):
+    def __init__(self, work_dir, resume_step, loss_unit="token"):
         self.work_dir = work_dir
+        # What the loss is averaged over, for the plot's axis: "token", "example".
+        self.loss_unit = loss_unit
         self.records = [record for record in load_records(work_dir) if record["step"] <= resume_step]
         # Created on the first record: a run with nothing to train leaves logs/ as it was.
         self._writer = None
@@ -71,16 +74,8 @@ class RunLog:
         axes.plot(steps, [record["train_loss"] for record in self.records], marker="o", label="train")
         axes.plot(steps, [record["val_loss"] for record in self.records], marker="o", label="validation")
         axes.set_xlabel("step")
-        axes.set_ylabel("loss (nats/token)")
+        axes.set_ylabel(f"loss (nats/{self.loss_unit})")
         axes.grid(alpha=0.3)
         axes.legend()
         figure.tight_layout()
-        path = os.path.join(self.work_dir, LOSS_CURVE_FILE)
-        temporary = f"{path}.tmp-{os.getpid()}.png"
-        try:
-            figure.savefig(temporary, dpi=100)
-            os.replace(temporary, path)
-        finally:
-            pyplot.close(figure)
-            if os.path.exists(temporary):
-                os.remove(temporary)
+        save_figure_atomic(figure, os.path.join(self.work_dir, LOSS_CURVE_FILE))

@@ -221,39 +221,66 @@ def tokenize_texts(tokenizer, texts, sequence_length):
     return ragged.to_tensor(default_value=0, shape=[None, width]).numpy().astype(np.int32), cut
 
 
+# Batches are made of texts of similar length: each run of this many batches of the shuffled
+# order is sorted by length before it is cut into batches, and the batches are then shuffled.
+# Padding is then a small part of every batch (SST-2's phrases run from 1 to 50+ tokens).
+BUCKET_BATCHES = 50
+
+
 def classification_dataset(ids, labels, batch_size, seed, start_step=0, num_steps=None):
-    """Shuffled (ids [B, L], labels [B]) batches; batch k depends only on (seed, k).
+    """Shuffled (ids [B, <= L], labels [B]) batches; batch k depends only on (seed, k).
 
     Each epoch is a stateless shuffle keyed by (seed, epoch), as the language-model windows are,
-    so a resumed run sees the batches the interrupted one would have.
+    so a resumed run sees the batches the interrupted one would have. Texts are grouped by length
+    (BUCKET_BATCHES) and each batch is cut to its longest text.
     """
     import tensorflow as tf
 
     count = len(labels)
     batch_size = min(batch_size, count)
     batches_per_epoch = count // batch_size
-    first_epoch, skip = divmod(start_step * batch_size, batches_per_epoch * batch_size)
+    first_epoch, skip = divmod(start_step, batches_per_epoch)
+    lengths = tf.constant((np.asarray(ids) != 0).sum(axis=1), tf.int64)
     ids, labels = tf.constant(ids), tf.constant(labels)
+    longest = int(ids.shape[1]) + 1
 
-    def epoch_order(epoch):
+    def epoch_batches(epoch):
         epoch_seed = tf.stack([tf.cast(seed, tf.int64), epoch])
         order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), epoch_seed)
-        return tf.data.Dataset.from_tensor_slices(order[: batches_per_epoch * batch_size])
+        order = order[: batches_per_epoch * batch_size]
+        # Sort each run of BUCKET_BATCHES batches by length (the key keeps runs apart) ...
+        run = tf.range(batches_per_epoch * batch_size, dtype=tf.int64) // (BUCKET_BATCHES * batch_size)
+        order = tf.gather(order, tf.argsort(run * longest + tf.gather(lengths, order), stable=True))
+        batches = tf.reshape(order, [batches_per_epoch, batch_size])
+        # ... then shuffle the batches, so that lengths do not rise through the epoch.
+        batches = tf.random.experimental.stateless_shuffle(batches, tf.stack([tf.cast(seed, tf.int64), -1 - epoch]))
+        return tf.data.Dataset.from_tensor_slices(batches)
 
-    dataset = (
-        tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max)
-        .flat_map(epoch_order)
-        .skip(skip)
-        .batch(batch_size, drop_remainder=True)
-    )
+    dataset = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch_batches).skip(skip)
     if num_steps is not None:
         dataset = dataset.take(num_steps)
-    dataset = dataset.map(lambda rows: (tf.gather(ids, rows), tf.gather(labels, rows)))
+    dataset = dataset.map(lambda rows: (_trimmed(tf.gather(ids, rows)), tf.gather(labels, rows)))
     return dataset.prefetch(2)
+
+
+# Batches are cut to their longest text rounded up to a multiple of this: short texts in a
+# batch of short texts cost no padding, and XLA compiles a handful of widths, not one per length.
+WIDTH_MULTIPLE = 8
+
+
+def _trimmed(ids):
+    """ids (B, L) without the padding columns no row of the batch needs (width a multiple of 8)."""
+    import tensorflow as tf
+
+    longest = tf.reduce_max(tf.reduce_sum(tf.cast(ids != 0, tf.int32), axis=1))
+    width = tf.minimum(tf.shape(ids)[1], (longest + WIDTH_MULTIPLE - 1) // WIDTH_MULTIPLE * WIDTH_MULTIPLE)
+    return ids[:, : tf.maximum(width, 1)]
 
 
 def evaluation_batches(ids, labels, batch_size):
     """Every example once, in order; the last batch may be smaller."""
     import tensorflow as tf
 
-    return tf.data.Dataset.from_tensor_slices((ids, labels)).batch(batch_size).prefetch(2)
+    return tf.data.Dataset.from_tensor_slices((ids, labels)).batch(batch_size).map(
+        lambda rows, row_labels: (_trimmed(rows), row_labels)
+    ).prefetch(2)

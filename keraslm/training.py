@@ -1,9 +1,13 @@
-"""Trains a language model with model.fit in a work directory that survives crashes.
+"""The one training loop every task runs: model.fit in a work directory that survives crashes.
 
 The work directory holds config.json, the trained tokenizer, checkpoints, metrics.json, TensorBoard
 logs and a loss-curve PNG. Running the same command again resumes from the last checkpoint and stops
 at the same --train_steps; training batches depend only on (seed, step), so the resumed run sees
-the batches the interrupted one would have.
+the batches the interrupted one would have. What differs between tasks (data, head, loss, metrics,
+export) comes from keraslm.tasks.
+
+Checkpoints keep the backbone apart from the task's head ("backbone/...", "head/<layer>/..."),
+so that a backbone trained by one task can be restored under another task's head.
 """
 
 import dataclasses
@@ -16,16 +20,14 @@ import typing
 import keras
 import tensorflow as tf
 
-from keraslm import checkpoints, data, run_log
+from keraslm import checkpoints, run_log
 from keraslm.config import RunConfig, load_run_config, save_run_config
 from keraslm.errors import InvalidInputError, TrainingDivergedError
-from keraslm.models import build_model
-from keraslm.run_log import RunLog
-from keraslm.tokenizers import load_tokenizer, train_tokenizer
 from keraslm.files import is_disk_full
+from keraslm.run_log import RunLog
+from keraslm.tasks import get_task
+from keraslm.tokenizers import load_tokenizer, train_tokenizer
 from keraslm.work_dir import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_DIR, WorkDir
-# Validation batches are larger than training ones: no gradients, and fewer steps to run.
-MIN_EVAL_BATCH_SIZE = 64
 
 
 @dataclasses.dataclass
@@ -34,6 +36,8 @@ class TrainResult:
     step: int
     train_loss: float
     val_loss: float
+    # Every validation metric of the last evaluation ("loss", and "accuracy" for classifiers).
+    val_metrics: dict
     # Wall time of this invocation, and of its optimizer steps alone (compilation included).
     wall_seconds: float
     train_seconds: float
@@ -54,6 +58,10 @@ def resolve_jit_compile(config):
     if config.train.jit_compile is not None:
         return config.train.jit_compile
     if config.model.model == "lstm":
+        if config.task != "lm":
+            # The bidirectional LSTM over padded, masked texts: XLA made its step about 4x
+            # slower on this CPU (1.9 s against 0.47 s per batch of 64 on one core).
+            return False
         return not tf.config.list_physical_devices("GPU")
     return True
 
@@ -81,17 +89,25 @@ def make_optimizer(train):
     return optimizer
 
 
-def build_compiled_model(config):
+def split_model(model):
+    """(backbone, head): the model's "backbone" layer, and its other layers with weights by name."""
+    backbone = model.get_layer("backbone")
+    head = {layer.name: layer for layer in model.layers if layer is not backbone and layer.weights}
+    return backbone, head
+
+
+def build_compiled_model(config, task=None):
+    """The task's model, compiled with its loss and metrics, and with the optimizer built."""
+    task = task or get_task(config.task)
     keras.mixed_precision.set_dtype_policy(
         "float32" if config.train.mixed_precision == "none" else config.train.mixed_precision
     )
-    model = build_model(config.model)
-    optimizer = make_optimizer(config.train)
+    model = task.build_model(config)
     model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        optimizer=make_optimizer(config.train),
         jit_compile=resolve_jit_compile(config),
         steps_per_execution=config.train.steps_per_execution,
+        **task.compile_args(config),
     )
     # Optimizer slots exist before any step, so a checkpoint can be restored into them. Under
     # mixed_float16, compile wrapped the optimizer in a LossScaleOptimizer: build that one.
@@ -99,19 +115,12 @@ def build_compiled_model(config):
     return model
 
 
-def _read_corpora(config):
-    train_text = data.read_text_file(config.train.train_data, "--train_data")
-    if config.train.valid_data:
-        return train_text, data.read_text_file(config.train.valid_data, "--valid_data")
-    return data.split_for_validation(train_text)
-
-
-def _prepare_work_dir(directory, config, train_text, valid_text):
+def _prepare_work_dir(directory, config, task, corpora, say):
     """Loads (resume) or trains (new run) the tokenizer and tokenizes the corpora.
 
     A new run's tokenizer and config.json are staged and move into place only once all of this
     has succeeded, so bad input leaves nothing behind. An existing run's tokenizer and config are
-    never replaced. Returns (saved config or None, train ids, valid ids).
+    never replaced. Returns (saved config or None, the task's prepared data).
     """
     saved = directory.saved_config(config)
     if saved:
@@ -121,21 +130,22 @@ def _prepare_work_dir(directory, config, train_text, valid_text):
                 f"{directory.display}: {TOKENIZER_DIR}/ has {tokenizer.vocabulary_size} tokens but {CONFIG_FILE} was "
                 f"trained with {saved.model.vocabulary_size}; put the run's own {TOKENIZER_DIR}/ back"
             )
+        if config.labels != saved.labels:
+            raise InvalidInputError(
+                f"--train_data={config.train.train_data} has the labels {', '.join(config.labels)} but the run in "
+                f"{directory.display} was trained on {', '.join(saved.labels)}; resume with the run's own training "
+                "file, or use a new --work_dir"
+            )
         staging = None
     else:
         staging = directory.staging_dir()
-        tokenizer = train_tokenizer(config.tokenizer, train_text, os.path.join(staging, TOKENIZER_DIR))
+        tokenizer = train_tokenizer(config.tokenizer, task.tokenizer_text(corpora), os.path.join(staging, TOKENIZER_DIR))
     config.model.vocabulary_size = tokenizer.vocabulary_size
-    train_ids = data.tokenize_text(tokenizer, train_text)
-    valid_ids = data.tokenize_text(tokenizer, valid_text)
-    train_source = config.train.train_data
-    valid_source = config.train.valid_data or f"the held-out last 10% of {train_source}"
-    data.check_long_enough(train_ids, config.model.sequence_length, "--train_data", train_source)
-    data.check_long_enough(valid_ids, config.model.sequence_length, "validation text", valid_source)
+    prepared = task.prepare(config, tokenizer, corpora, say)
     if staging:
         save_run_config(config, os.path.join(staging, CONFIG_FILE))
         directory.commit(staging)
-    return saved, train_ids, valid_ids
+    return saved, prepared
 
 
 # The progress bar's label for Keras' running mean of the training loss within a segment.
@@ -209,22 +219,28 @@ def train(config: RunConfig, work_dir, verbose=True):
     """Trains (or resumes) the run described by `config` in `work_dir`; returns a TrainResult."""
     started = time.perf_counter()
     config.validate()
-    train_text, valid_text = _read_corpora(config)
+    task = get_task(config.task)
+    # Read and checked before the work directory is touched: bad input leaves nothing behind.
+    corpora = task.read(config)
+    config.labels = task.labels(corpora)
     with WorkDir(work_dir) as directory:
-        return _train_in(directory, config, train_text, valid_text, started, verbose)
+        return _train_in(directory, config, task, corpora, started, verbose)
 
 
-def _train_in(directory, config, train_text, valid_text, started, verbose):
-    saved, train_ids, valid_ids = _prepare_work_dir(directory, config, train_text, valid_text)
+def _train_in(directory, config, task, corpora, started, verbose):
+    say = (lambda line: print(line, flush=True)) if verbose else (lambda line: None)
+    saved, prepared = _prepare_work_dir(directory, config, task, corpora, say)
     train = config.train
     keras.utils.set_random_seed(train.seed)
-    model = build_compiled_model(config)
+    model = build_compiled_model(config, task)
+    backbone, head = split_model(model)
 
     # Steps taken, counted apart from optimizer.iterations: under mixed_float16 the loss-scale
     # optimizer does not count the steps it skips on overflow, and the data index must not lag.
     steps_taken = tf.Variable(0, dtype=tf.int64, trainable=False, name="steps_taken")
     checkpoint = tf.train.Checkpoint(
-        model=model,
+        backbone=backbone,
+        head=head,
         optimizer=model.optimizer,
         steps_taken=steps_taken,
         # Dropout's random streams: without them a resumed run would draw other masks.
@@ -236,14 +252,14 @@ def _train_in(directory, config, train_text, valid_text, started, verbose):
         steps_taken.assign(int(model.optimizer.iterations))
     manager = tf.train.CheckpointManager(checkpoint, directory.file(CHECKPOINT_DIR), max_to_keep=3)
     step = int(steps_taken.numpy())
-    log = RunLog(directory.path, step)
-    eval_batch_size = max(train.batch_size, MIN_EVAL_BATCH_SIZE)
-    eval_dataset = data.evaluation_dataset(valid_ids, config.model.sequence_length, eval_batch_size, train.eval_steps)
+    log = RunLog(directory.path, step, loss_unit=task.throughput_unit.rstrip("s"))
+    eval_dataset = task.eval_dataset(prepared, config)
     if verbose:
         resumed = f", resuming from step {step}" if step else ""
+        classes = f", {len(config.labels)} classes" if config.labels else ""
         print(
-            f"keraslm: {len(train_ids):,} training and {len(valid_ids):,} validation tokens, "
-            f"vocabulary {config.model.vocabulary_size:,}, {model.count_params():,} parameters{resumed}",
+            f"keraslm: {task.describe(prepared)}{classes}, vocabulary {config.model.vocabulary_size:,}, "
+            f"{model.count_params():,} parameters{resumed}",
             flush=True,
         )
     # A live bar on a terminal; in a log file the per-evaluation lines say the same.
@@ -255,14 +271,13 @@ def _train_in(directory, config, train_text, valid_text, started, verbose):
     progbar.update(step)
 
     train_loss = val_loss = float("nan")
+    val_metrics = {}
     train_seconds, first_step, last_saved_step = 0.0, step, step
     while step < train.train_steps:
         # A segment ends at the next multiple of eval_interval (or the last step).
         segment_end = min(train.train_steps, (step // train.eval_interval + 1) * train.eval_interval)
         segment_steps = segment_end - step
-        dataset = data.language_model_dataset(
-            train_ids, config.model.sequence_length, train.batch_size, train.seed, step, segment_steps
-        )
+        dataset = task.train_dataset(prepared, config, step, segment_steps)
         watch = _StepCallback(progbar, step)
         segment_started = time.perf_counter()
         history = model.fit(
@@ -280,16 +295,18 @@ def _train_in(directory, config, train_text, valid_text, started, verbose):
         step = segment_end
         steps_taken.assign(step)
         train_loss = float(history.history["loss"][-1])
-        val_loss = float(model.evaluate(eval_dataset, verbose=0, return_dict=True)["loss"])
+        val_metrics = {key: float(value) for key, value in model.evaluate(eval_dataset, verbose=0, return_dict=True).items()}
+        val_loss = val_metrics["loss"]
         if not math.isfinite(val_loss):
             raise _diverged("validation loss", step, val_loss, last_saved_step, train)
         record = {
             "step": step,
             "train_loss": train_loss,
             "val_loss": val_loss,
+            **{f"val_{key}": value for key, value in val_metrics.items() if key != "loss"},
             "learning_rate": float(model.optimizer.learning_rate),
             "ms_per_step": 1000.0 * segment_seconds / segment_steps,
-            "tokens_per_second": segment_steps * train.batch_size * config.model.sequence_length / segment_seconds,
+            f"{task.throughput_unit}_per_second": segment_steps * task.units_per_step(config) / segment_seconds,
             "elapsed_seconds": time.perf_counter() - started,
         }
         # Metrics first, checkpoint second: a crash between the two resumes from the previous
@@ -317,20 +334,24 @@ def _train_in(directory, config, train_text, valid_text, started, verbose):
         last_saved_step = step
         if verbose:
             progbar.update(step, [(PROGRESS_LOSS_LABEL, train_loss)], finalize=step >= train.train_steps)
+            others = "".join(f", val {key} {value:.4f}" for key, value in val_metrics.items() if key != "loss")
             print(
                 f"{chr(10) if progbar.verbose else ''}step {step}: train loss {train_loss:.4f} "
-                f"(mean of steps {step - segment_steps + 1}-{step}), val loss {val_loss:.4f}, "
+                f"(mean of steps {step - segment_steps + 1}-{step}), val loss {val_loss:.4f}{others}, "
                 f"{record['ms_per_step']:.1f} ms/step",
                 flush=True,
             )
     if step == first_step and log.records:
         # Nothing left to do: report the finished run.
-        train_loss, val_loss = log.records[-1]["train_loss"], log.records[-1]["val_loss"]
+        last = log.records[-1]
+        train_loss, val_loss = last["train_loss"], last["val_loss"]
+        val_metrics = {"loss": val_loss, **{key[4:]: value for key, value in last.items() if key.startswith("val_") and key != "val_loss"}}
     return TrainResult(
         work_dir=directory.path,
         step=step,
         train_loss=train_loss,
         val_loss=val_loss,
+        val_metrics=val_metrics,
         wall_seconds=time.perf_counter() - started,
         train_seconds=train_seconds,
         steps_run=step - first_step,
@@ -357,10 +378,15 @@ def load_trained_model(work_dir, use_cudnn="auto"):
     config = load_run_config(path)
     # Exports run in float32 whatever the training policy was; the weights are float32 anyway.
     keras.mixed_precision.set_dtype_policy("float32")
-    model = build_model(config.model, use_cudnn=use_cudnn)
+    model = get_task(config.task).build_model(config, use_cudnn=use_cudnn)
+    backbone, head = split_model(model)
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     restored = checkpoints.restore_newest_intact(
-        tf.train.Checkpoint(model=model), os.path.join(work_dir, CHECKPOINT_DIR), f"--work_dir={work_dir}", partial=True, say=say
+        tf.train.Checkpoint(backbone=backbone, head=head),
+        os.path.join(work_dir, CHECKPOINT_DIR),
+        f"--work_dir={work_dir}",
+        partial=True,
+        say=say,
     )
     if restored is None:
         raise InvalidInputError(f"--work_dir={work_dir} has no checkpoint yet; train it first with keraslm-train")

@@ -108,8 +108,8 @@ import json
 from keraslm.tf_import import import_tensorflow_quietly
 import_tensorflow_quietly()
 from keraslm.config import ModelConfig, RunConfig, TokenizerConfig
-from keraslm.export import export_language_model
-from keraslm.models import build_model
+from keraslm.export import export_model
+from keraslm.tasks import build_model
 from keraslm.tokenizers import train_tokenizer
 text = open({str(SHAKESPEARE)!r}, encoding="utf-8").read()[:30000]
 tokenizer = train_tokenizer(TokenizerConfig("sentencepiece", 120), text, {str(directory / "tokenizer")!r})
@@ -118,7 +118,7 @@ config = RunConfig(
     model=ModelConfig(model="transformer", vocabulary_size=tokenizer.vocabulary_size, sequence_length=16,
                       hidden_dim=16, num_layers=1, num_heads=2),
 )
-path = export_language_model(build_model(config.model, use_cudnn=False), tokenizer, config, {str(directory / "export")!r}, verbose=False)
+path = export_model(build_model(config, use_cudnn=False), tokenizer, config, {str(directory / "export")!r}, verbose=False)
 print(json.dumps(path))
 """
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -247,10 +247,11 @@ import json
 from keraslm.tf_import import import_tensorflow_quietly
 import_tensorflow_quietly()
 from keraslm import export
+from keraslm.tasks import export_module
 from keraslm.training import load_trained_model
 loaded = load_trained_model({str(trained_models['transformer']['work_dir'])!r}, use_cudnn=False)
-export._tf_variable = lambda variable: variable  # The exporter as it was.
-print(json.dumps(export.export_language_model(loaded[1], loaded[2], loaded[0], {str(old)!r}, verbose=False)))
+export_module.tf_variable = lambda variable: variable  # The exporter as it was.
+print(json.dumps(export.export_model(loaded[1], loaded[2], loaded[0], {str(old)!r}, verbose=False)))
 """
     old_version = run_fresh_python(code, timeout=300)
     args = ("--prompt=ROMEO:", "--max_new_tokens=12", "--seed=4")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keraslm.config import ModelConfig
+from keraslm.config import ModelConfig, RunConfig
 from keraslm.generation import (
     SMALL_BATCH,
     VARIANTS,
@@ -18,7 +18,8 @@ from keraslm.generation import (
     sample_next_token,
     uniform_noise,
 )
-from keraslm.models import build_model, make_stepper
+from keraslm.steppers import make_stepper
+from keraslm.tasks import build_model
 
 
 def controls(batch_size, **values):
@@ -98,7 +99,7 @@ def model_and_config(request):
     config = ModelConfig(
         model=request.param, vocabulary_size=23, sequence_length=8, hidden_dim=16, num_layers=2, num_heads=2
     )
-    return build_model(config), config
+    return build_model(RunConfig(model=config)), config
 
 
 def test_cached_steps_give_the_logits_of_a_full_forward_pass(model_and_config):

@@ -105,3 +105,46 @@ def test_the_stratified_split_is_seeded_and_keeps_class_shares():
         assert abs(share - 0.1) < 0.002
     other, _ = tables.stratified_split(table.labels, 0.1, seed=6)
     assert other.tolist() != keep.tolist()
+
+
+def _padded_rows(count, seed):
+    generator = np.random.default_rng(seed)
+    lengths = generator.integers(1, 40, size=count)
+    ids = np.zeros([count, 40], np.int32)
+    for row, length in enumerate(lengths):
+        ids[row, :length] = generator.integers(2, 50, size=length)
+        ids[row, 0] = 2 + row  # Tells which example a batch row is.
+    return ids, (np.arange(count) % 3).astype(np.int32)
+
+
+def test_classification_batches_depend_only_on_seed_and_step():
+    ids, labels = _padded_rows(500, seed=0)
+    full = [(x.numpy(), y.numpy()) for x, y in tables.classification_dataset(ids, labels, 16, seed=3, num_steps=70)]
+    resumed = [(x.numpy(), y.numpy()) for x, y in tables.classification_dataset(ids, labels, 16, seed=3, start_step=40, num_steps=30)]
+    assert len(full) == 70 and len(resumed) == 30
+    for (x, y), (resumed_x, resumed_y) in zip(full[40:], resumed):
+        np.testing.assert_array_equal(x, resumed_x)
+        np.testing.assert_array_equal(y, resumed_y)
+    other_seed = next(iter(tables.classification_dataset(ids, labels, 16, seed=4)))[1].numpy()
+    assert not np.array_equal(other_seed, full[0][1])
+
+
+def test_classification_batches_cover_each_example_once_per_epoch_and_trim_padding():
+    ids, labels = _padded_rows(480, seed=1)
+    lengths = (ids != 0).sum(axis=1)
+    rows_seen, widths = [], []
+    # 480 examples in batches of 16: one epoch is 30 batches.
+    for x, y in tables.classification_dataset(ids, labels, 16, seed=5, num_steps=30):
+        x = x.numpy()
+        longest = int((x != 0).sum(axis=1).max())
+        # Cut to the longest text, rounded up to a multiple of 8 (at most the full width).
+        assert x.shape[1] == min(40, -(-longest // 8) * 8)
+        widths.append(x.shape[1])
+        for row in x:
+            example = int(row[0]) - 2
+            np.testing.assert_array_equal(row, ids[example, : x.shape[1]])
+            assert lengths[example] <= x.shape[1]
+            rows_seen.append(example)
+    assert sorted(rows_seen) == list(range(480))
+    # Length buckets: most batches are much narrower than the longest text of the whole set.
+    assert np.median(widths) < 40

@@ -27,6 +27,21 @@ def fail(message):
     sys.exit(EXIT_USAGE)
 
 
+def check_utf8_flag(name, values, advice=""):
+    """Flags arrive from the shell as bytes; those that are not UTF-8 reach Python as lone
+    surrogates, which no model can take: a one-line error naming the flag instead."""
+    from keraslm.errors import InvalidInputError
+    from keraslm.inference import utf8_error
+
+    for index, value in enumerate(values):
+        problem = utf8_error(value)
+        if problem:
+            which = f" (number {index + 1})" if len(values) > 1 else ""
+            raise InvalidInputError(
+                f"--{name}{which} is not UTF-8 text: {problem}; pass UTF-8 (check the terminal's encoding){advice}"
+            )
+
+
 def _parse_flags(argv):
     try:
         remaining = flags.FLAGS(argv)

@@ -5,6 +5,7 @@
 
 from absl import flags
 
+from keraslm.cli import settings
 from keraslm.cli.common import run_main
 from keraslm.config import ExportConfig
 
@@ -12,15 +13,9 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    defaults = ExportConfig()
     flags.DEFINE_string("work_dir", "", "Training work directory written by keraslm-train (required).")
     flags.DEFINE_string("export_dir", "", "Base directory; the model goes to <export_dir>/<next version>/ (required).")
-    flags.DEFINE_integer("max_new_tokens", defaults.max_new_tokens, "Tokens serving_default generates per prompt.")
-    flags.DEFINE_float("temperature", defaults.temperature, "Sampling temperature of serving_default; 0 is greedy.")
-    flags.DEFINE_bool(
-        "kv_cache", defaults.kv_cache,
-        "Incremental decoding (Transformer key/value cache, LSTM state). false: recompute the context every step (exact, slow).",
-    )
+    settings.define_flags(ExportConfig)
 
 
 def main(argv):
@@ -31,7 +26,7 @@ def main(argv):
     for name in ("work_dir", "export_dir"):
         if not FLAGS[name].value:
             raise InvalidInputError(f"--{name} is required")
-    export_config = ExportConfig(max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature, kv_cache=FLAGS.kv_cache)
+    export_config = settings.from_flags(ExportConfig)
     export_config.validate()
     export_from_work_dir(FLAGS.work_dir, FLAGS.export_dir, export_config)
 

@@ -8,7 +8,7 @@ import sys
 
 from absl import flags
 
-from keraslm.cli.common import run_main
+from keraslm.cli.common import check_utf8_flag, run_main
 
 FLAGS = flags.FLAGS
 
@@ -32,22 +32,6 @@ def define_flags():
 
 # Flags that steer sampling; beam search refuses them rather than ignore them.
 SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "repetition_penalty", "seed", "num_samples")
-
-
-def _check_utf8(name, values):
-    """--prompt and --stop arrive from the shell as bytes; those that are not UTF-8 reach Python
-    as lone surrogates, which the model cannot take."""
-    from keraslm.errors import InvalidInputError
-    from keraslm.inference import utf8_error
-
-    for index, value in enumerate(values):
-        problem = utf8_error(value)
-        if problem:
-            which = f" (number {index + 1})" if len(values) > 1 else ""
-            raise InvalidInputError(
-                f"--{name}{which} is not UTF-8 text: {problem}; pass UTF-8 (check the terminal's encoding)"
-                + (", or put the prompts in a UTF-8 file for --prompt_file" if name == "prompt" else "")
-            )
 
 
 def _prompts():
@@ -85,8 +69,8 @@ def main(argv):
         raise InvalidInputError(f"--top_p={FLAGS.top_p} must be in (0, 1]")
     if FLAGS.repetition_penalty <= 0:
         raise InvalidInputError(f"--repetition_penalty={FLAGS.repetition_penalty} must be positive")
-    _check_utf8("prompt", FLAGS.prompt)
-    _check_utf8("stop", [FLAGS.stop])
+    check_utf8_flag("prompt", FLAGS.prompt, ", or put the prompts in a UTF-8 file for --prompt_file")
+    check_utf8_flag("stop", [FLAGS.stop])
     prompts = _prompts()
     model = LanguageModel(FLAGS.model_dir)
     limit = model.config["export"]["max_new_tokens_limit"]

@@ -1,57 +1,13 @@
-"""Decoder-only Transformer language model from keras-nlp layers, and its next-token steppers."""
+"""Next-token steppers: how LM decoding gets the logits of one more token.
+
+The cached steppers read the layers of a language model (keraslm.tasks.lm_model) and, for the
+Transformer, private attributes of keras-nlp's attention layers; that knowledge stays here, in
+the decoding code, and nowhere else.
+"""
 
 import math
 
-import keras
-import keras_nlp
 import tensorflow as tf
-
-
-def gelu_tanh(x):
-    """GELU with the tanh approximation (GPT-2's): on CPU it costs half of the erf form."""
-    return keras.activations.gelu(x, approximate=True)
-
-
-def build_transformer_lm(
-    vocabulary_size,
-    sequence_length,
-    hidden_dim,
-    intermediate_dim,
-    num_layers,
-    num_heads,
-    dropout=0.0,
-):
-    """Token ids (B, T <= sequence_length) -> next-token logits (B, T, vocabulary_size)."""
-    # === Layers ===
-    embedding = keras_nlp.layers.TokenAndPositionEmbedding(
-        vocabulary_size=vocabulary_size,
-        sequence_length=sequence_length,
-        embedding_dim=hidden_dim,
-        name="embedding",
-    )
-    # Pre-norm blocks (GPT-2 / nanoGPT): train stably without learning-rate tricks.
-    decoders = [
-        keras_nlp.layers.TransformerDecoder(
-            intermediate_dim=intermediate_dim,
-            num_heads=num_heads,
-            dropout=dropout,
-            activation=gelu_tanh,
-            normalize_first=True,
-            name=f"decoder_{index}",
-        )
-        for index in range(num_layers)
-    ]
-    final_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="final_norm")
-    # float32 logits keep the softmax stable under mixed precision.
-    to_logits = keras.layers.Dense(vocabulary_size, dtype="float32", name="logits")
-
-    # === Functional Model ===
-    token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
-    x = embedding(token_ids)  # (B, T, hidden_dim)
-    for decoder in decoders:
-        x = decoder(x)  # causal self-attention; no encoder sequence
-    logits = to_logits(final_norm(x))  # (B, T, vocabulary_size)
-    return keras.Model(token_ids, logits, name="transformer_lm")
 
 
 class RecomputeStepper:
@@ -94,9 +50,10 @@ class TransformerCachedStepper:
     """
 
     def __init__(self, model, num_layers, sequence_length, keep=None):
-        self.embedding = model.get_layer("embedding")
-        self.decoders = [model.get_layer(f"decoder_{index}") for index in range(num_layers)]
-        self.final_norm = model.get_layer("final_norm")
+        backbone = model.get_layer("backbone")
+        self.embedding = backbone.get_layer("embedding")
+        self.decoders = [backbone.get_layer(f"decoder_{index}") for index in range(num_layers)]
+        self.final_norm = backbone.get_layer("final_norm")
         self.to_logits = model.get_layer("logits")
         self.vocabulary_size = self.to_logits.units
         attention = self.decoders[0]._self_attention_layer
@@ -277,3 +234,61 @@ def _normalize(x, epsilon):
     """LayerNorm without its scale and shift (folded into the next matmul): 7 ops."""
     centered = x - tf.reduce_mean(x, axis=-1, keepdims=True)
     return centered * tf.math.rsqrt(tf.reduce_mean(tf.square(centered), axis=-1, keepdims=True) + epsilon)
+
+
+class LSTMStepper:
+    """Next-token logits from the LSTM state: one cell step per token, no recomputation."""
+
+    def __init__(self, model, num_layers):
+        backbone = model.get_layer("backbone")
+        self.embedding = backbone.get_layer("embedding")
+        self.recurrent = [backbone.get_layer(f"lstm_{index}") for index in range(num_layers)]
+        self.to_logits = model.get_layer("logits")
+        self.vocabulary_size = self.to_logits.units
+
+    def initial_state(self, tokens, start):
+        """State [(h, c) per layer] after reading tokens[:, : start - 1]."""
+        batch_size = tf.shape(tokens)[0]
+
+        def read_prefix():
+            x = self.embedding(tokens[:, : start - 1])
+            states = []
+            for layer in self.recurrent:
+                x, h, c = layer(x, training=False)
+                states.append((h, c))
+            return states
+
+        def zeros():
+            return [
+                (
+                    tf.zeros([batch_size, layer.cell.units], layer.compute_dtype),
+                    tf.zeros([batch_size, layer.cell.units], layer.compute_dtype),
+                )
+                for layer in self.recurrent
+            ]
+
+        # An LSTM over zero steps is not defined, so a one-token prefix starts from zeros.
+        return tf.cond(start > 1, read_prefix, zeros)
+
+    def step(self, state, tokens, position, small_batch=False):
+        """Reads tokens[:, position - 1]; returns logits (B, V) for `position` and the new state."""
+        del small_batch  # One formulation serves every batch size.
+        x = self.embedding(tokens[:, position - 1])  # (B, hidden_dim)
+        new_state = []
+        for layer, (h, c) in zip(self.recurrent, state):
+            x, (h, c) = layer.cell(x, [h, c], training=False)
+            new_state.append((h, c))
+        return self.to_logits(x), new_state
+
+
+def make_stepper(model, config, kv_cache=True):
+    """The next-token function generation uses for this model kind.
+
+    kv_cache=False re-runs the model over the visible context at every step: the exact,
+    slow reference that the cached steppers are checked and benchmarked against.
+    """
+    if not kv_cache:
+        return RecomputeStepper(model, config.sequence_length if config.model == "transformer" else None)
+    if config.model == "transformer":
+        return TransformerCachedStepper(model, config.num_layers, config.sequence_length)
+    return LSTMStepper(model, config.num_layers)

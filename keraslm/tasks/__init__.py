@@ -1,0 +1,36 @@
+"""Tasks: what differs between language modelling, classification and the tasks to come.
+
+A task owns its dataset from files, its head, loss and metrics, what it evaluates, and its export
+module (signatures); backbones (keraslm.backbones) and the training loop (keraslm.training) are
+shared. Every task implements:
+
+  name, throughput_unit          "lm" / "classify"; what a step's work is counted in
+  read(config)                   -> corpora: the files, checked (errors name file and line)
+  tokenizer_text(corpora)        -> the text a new run's tokenizer learns from
+  labels(corpora)                -> the class names ([] for tasks without classes)
+  prepare(config, tokenizer, corpora, say) -> token ids for training and validation
+  describe(prepared)             -> "N training and M validation examples" for the log
+  build_model(config, use_cudnn) -> a Keras model holding a layer named "backbone" (the part a
+                                    checkpoint keeps apart) and the task's head layers
+  compile_args(config)           -> model.compile's loss and metrics
+  train_dataset(prepared, config, start_step, num_steps), eval_dataset(prepared, config)
+  units_per_step(config)         -> throughput_unit per optimizer step
+  export_module(model, tokenizer, config, export_config, config_path) -> the SavedModel's root
+"""
+
+from keraslm.errors import InvalidInputError
+from keraslm.tasks.classify import ClassifyTask
+from keraslm.tasks.lm import LanguageModelTask
+
+_TASKS = {task.name: task for task in (LanguageModelTask, ClassifyTask)}
+
+
+def get_task(name):
+    if name not in _TASKS:
+        raise InvalidInputError(f"--task={name!r} is not known; use one of {', '.join(_TASKS)}")
+    return _TASKS[name]()
+
+
+def build_model(config, use_cudnn="auto"):
+    """The Keras model of a RunConfig's task (backbone + head), untrained."""
+    return get_task(config.task).build_model(config, use_cudnn=use_cudnn)

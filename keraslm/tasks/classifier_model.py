@@ -1,0 +1,42 @@
+"""The classification head over a backbone: masked mean + max pooling -> dropout -> Dense."""
+
+import keras
+
+
+class MaskedPooling(keras.layers.Layer):
+    """(hidden (B, T, H), mask (B, T)) -> concat(mean, max) over the unmasked positions (B, 2H).
+
+    Mean pooling keeps the evidence of the whole text; max pooling the single strongest feature,
+    which is what decides short sentiment phrases ("not good"). Both ignore [PAD].
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # The mask arrives as an explicit input; the one Keras attaches to `hidden` is consumed.
+        self.supports_masking = True
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def call(self, hidden, mask):
+        mask = keras.ops.cast(mask, hidden.dtype)[:, :, None]  # (B, T, 1)
+        count = keras.ops.maximum(keras.ops.sum(mask, axis=1), 1.0)  # (B, 1)
+        mean = keras.ops.sum(hidden * mask, axis=1) / count  # (B, H)
+        # Padded positions get a large negative value so they never win the max.
+        maximum = keras.ops.max(hidden * mask - 1e4 * (1.0 - mask), axis=1)  # (B, H)
+        return keras.ops.concatenate([mean, maximum], axis=-1)
+
+
+def build_classifier(backbone, num_classes, dropout=0.0):
+    """Token ids (B, T), 0 = padding -> class logits (B, num_classes), float32."""
+    # === Layers ===
+    pooling = MaskedPooling(name="pooling")
+    head_dropout = keras.layers.Dropout(dropout, name="head_dropout")
+    to_logits = keras.layers.Dense(num_classes, dtype="float32", name="classifier")
+
+    # === Functional Model ===
+    token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+    hidden = backbone(token_ids)  # (B, T, H)
+    mask = keras.ops.not_equal(token_ids, 0)  # (B, T)
+    logits = to_logits(head_dropout(pooling(hidden, mask)))  # (B, num_classes)
+    return keras.Model(token_ids, logits, name="classifier")

@@ -1,0 +1,117 @@
+"""Text classification: labelled CSV/TSV/JSONL -> backbone + pooled head -> label names and scores.
+
+What the task owns: reading the tables (labels from the training file, sorted; a seeded stratified
+split of --valid_fraction without --valid_data), its model (backbone + classification head), loss and metrics, and
+its export module (keraslm.tasks.classifier_export). The generic training loop in
+keraslm.training runs it.
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+
+from keraslm import tables
+from keraslm.backbones import build_backbone
+from keraslm.errors import InvalidInputError
+from keraslm.tasks.classifier_export import ClassifierServer
+from keraslm.tasks.classifier_model import build_classifier
+
+# Evaluation needs no gradients: larger batches, fewer steps.
+EVAL_BATCH_SIZE = 256
+
+
+@dataclasses.dataclass
+class Corpora:
+    train: tables.Table
+    valid: tables.Table
+    valid_source: str
+
+
+@dataclasses.dataclass
+class Prepared:
+    train_ids: np.ndarray  # int32 [N, L], 0 = padding
+    train_labels: np.ndarray  # int32 [N]
+    valid_ids: np.ndarray
+    valid_labels: np.ndarray
+
+
+class ClassifyTask:
+    name = "classify"
+    # What a training step counts in the throughput record.
+    throughput_unit = "examples"
+
+    def read(self, config):
+        train = config.train
+        table = tables.read_table(train.train_data, "--train_data", train.text_column, train.label_column)
+        tables.label_vocabulary(table)  # At least two classes, before anything is written.
+        if train.valid_data:
+            valid = tables.read_table(train.valid_data, "--valid_data", train.text_column, train.label_column)
+            # Unknown labels are refused now, before a tokenizer is trained.
+            tables.label_ids(valid, tables.label_vocabulary(table), "--valid_data")
+            return Corpora(table, valid, f"--valid_data={train.valid_data}")
+        # The same share of each class, seeded by --seed; shuffled, so sorted files split fairly.
+        keep, held_out = tables.stratified_split(table.labels, train.valid_fraction, train.seed)
+        if not len(held_out) or not len(keep):
+            raise InvalidInputError(
+                f"--train_data={train.train_data} has too few examples to hold out a validation set; give --valid_data"
+            )
+        pick = lambda positions: tables.Table(  # noqa: E731
+            table.path, [table.texts[i] for i in positions], [table.labels[i] for i in positions], [table.lines[i] for i in positions]
+        )
+        return Corpora(pick(keep), pick(held_out), f"a seeded {train.valid_fraction:.0%} of --train_data={train.train_data}")
+
+    def tokenizer_text(self, corpora):
+        return "\n".join(corpora.train.texts)
+
+    def labels(self, corpora):
+        return tables.label_vocabulary(corpora.train)
+
+    def prepare(self, config, tokenizer, corpora, say):
+        label_names = config.labels
+        length = config.model.sequence_length
+        train_ids, train_cut = tables.tokenize_texts(tokenizer, corpora.train.texts, length)
+        valid_ids, valid_cut = tables.tokenize_texts(tokenizer, corpora.valid.texts, length)
+        if train_cut or valid_cut:
+            say(
+                f"keraslm: {train_cut:,} training and {valid_cut:,} validation texts are longer than "
+                f"--sequence_length={length} tokens and were truncated"
+            )
+        valid_flag = "--valid_data" if config.train.valid_data else "--train_data"
+        return Prepared(
+            train_ids=train_ids,
+            train_labels=tables.label_ids(corpora.train, label_names, "--train_data"),
+            valid_ids=valid_ids,
+            valid_labels=tables.label_ids(corpora.valid, label_names, valid_flag),
+        )
+
+    def describe(self, prepared):
+        return (
+            f"{len(prepared.train_labels):,} training and {len(prepared.valid_labels):,} validation examples"
+        )
+
+    def build_model(self, config, use_cudnn="auto"):
+        backbone = build_backbone(config.model, causal=False, use_cudnn=use_cudnn)
+        return build_classifier(backbone, len(config.labels), dropout=config.model.dropout)
+
+    def compile_args(self, config):
+        del config
+        return {
+            "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            "metrics": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        }
+
+    def train_dataset(self, prepared, config, start_step, num_steps):
+        return tables.classification_dataset(
+            prepared.train_ids, prepared.train_labels, config.train.batch_size, config.train.seed, start_step, num_steps
+        )
+
+    def eval_dataset(self, prepared, config):
+        return tables.evaluation_batches(prepared.valid_ids, prepared.valid_labels, EVAL_BATCH_SIZE)
+
+    def units_per_step(self, config):
+        return config.train.batch_size
+
+    def export_module(self, model, tokenizer, config, export_config, config_path):
+        del export_config  # Its settings are the language model's decoding defaults.
+        return ClassifierServer(model, tokenizer, config, config_path)
