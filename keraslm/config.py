@@ -208,7 +208,7 @@ class TrainConfig:
                 f"--mixed_precision={self.mixed_precision!r} is not known; use one of {', '.join(MIXED_PRECISION)}"
             )
         _check_finite(self, ("valid_fraction",))
-        if not 0 < self.valid_fraction < 1:
+        if not self.valid_data and not 0 < self.valid_fraction < 1:
             raise InvalidInputError(f"--valid_fraction={self.valid_fraction} must be between 0 and 1 (0.1 holds out 10%)")
         if not self.label_column:
             raise InvalidInputError("--label_column is empty; name the column that holds the labels")

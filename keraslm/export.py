@@ -60,7 +60,7 @@ def export_model(model, tokenizer, run_config, export_dir, export_config=None, v
         config_path = os.path.join(staging, "source", CONFIG_ASSET)
         os.makedirs(os.path.dirname(config_path))
         # "source" names the checkpoint exported, so a re-run can tell an export is up to date.
-        asset = {**run_config.to_dict(), "export": dataclasses.asdict(export_config)}
+        asset = {**run_config.to_dict(), **_export_settings(run_config, export_config)}
         write_json_atomic(config_path, {**asset, "source": source} if source else asset)
         server = get_task(run_config.task).export_module(model, tokenizer, run_config, export_config, config_path)
         saved_model_dir = os.path.join(staging, "saved_model")
@@ -88,7 +88,13 @@ def _checkpoint_source(work_dir, checkpoint):
     return {"work_dir": os.path.realpath(work_dir), "checkpoint": os.path.basename(checkpoint), "index_sha256": digest}
 
 
-def _newest_export_of(export_dir, source, export_config):
+def _export_settings(run_config, export_config):
+    """{"export": the decoding defaults} for a language model; nothing for other tasks, which
+    have no such settings."""
+    return {"export": dataclasses.asdict(export_config)} if run_config.task == "lm" else {}
+
+
+def _newest_export_of(export_dir, source, settings):
     """The newest complete version in export_dir if it holds exactly this checkpoint and settings."""
     if not os.path.isdir(export_dir):
         return None
@@ -102,7 +108,7 @@ def _newest_export_of(export_dir, source, export_config):
             continue  # Incomplete or foreign: not the newest complete keraslm export.
         if not os.path.isfile(os.path.join(version_dir, "saved_model.pb")):
             continue
-        same = exported.get("source") == source and exported.get("export") == dataclasses.asdict(export_config)
+        same = exported.get("source") == source and exported.get("export") == settings.get("export")
         return version_dir if same else None
     return None
 
@@ -117,7 +123,7 @@ def export_from_work_dir(work_dir, export_dir, export_config=None, verbose=True,
     run_config, model, tokenizer, checkpoint = load_trained_model(work_dir, use_cudnn=False)
     source = _checkpoint_source(work_dir, checkpoint)
     if only_if_changed:
-        existing = _newest_export_of(export_dir, source, export_config)
+        existing = _newest_export_of(export_dir, source, _export_settings(run_config, export_config))
         if existing:
             if verbose:
                 print(f"keraslm: {existing} already holds {source['checkpoint']} of this run; not exporting it again", flush=True)

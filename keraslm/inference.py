@@ -111,7 +111,7 @@ def _encoded(name, texts):
     encoded = []
     for index, text in enumerate(texts):
         if not isinstance(text, str):
-            raise InvalidInputError(f"{name}[{index}] is a {type(text).__name__}, not a str")
+            raise InvalidInputError(f"{name}[{index}] is of type {type(text).__name__}, not str; pass text (str)")
         problem = utf8_error(text)
         if problem:
             raise InvalidInputError(f"{name}[{index}] is not UTF-8 text: {problem}; pass UTF-8 text")

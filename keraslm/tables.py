@@ -12,6 +12,9 @@ import gzip
 import io
 import json
 import os
+import re
+import sys
+import zlib
 
 import numpy as np
 
@@ -55,7 +58,12 @@ def _open_text(path, flag):
     try:
         with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as file:
             data = file.read()
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zlib.error) as error:
+        if path.endswith(".gz") and not isinstance(error, PermissionError):
+            raise InvalidInputError(
+                f"{flag}={path}: not a complete gzip file ({error}); re-create it with gzip, or drop the .gz ending "
+                "if it is not compressed"
+            ) from None
         raise InvalidInputError(f"{flag}={path}: cannot read ({getattr(error, 'strerror', None) or error})") from None
     try:
         return data.decode("utf-8-sig")
@@ -67,11 +75,21 @@ def _open_text(path, flag):
 
 
 def _label_string(value, where):
+    """A label as a string; a number with an integer value is written as that integer, so "1",
+    "1.0" and 1 are the same label in every format."""
     if isinstance(value, bool) or value is None or isinstance(value, (dict, list, float)):
         if isinstance(value, float) and value.is_integer():
             return str(int(value))
         raise InvalidInputError(f"{where}: the label {json.dumps(value)} is not a string or an integer")
-    return str(value).strip()
+    text = str(value).strip()
+    if _NUMBER.fullmatch(text):
+        number = float(text)
+        if number.is_integer():
+            return str(int(number))
+    return text
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def _pick_text_column(columns, text_column, label_column, where):
@@ -97,6 +115,8 @@ def read_table(path, flag="--train_data", text_column="", label_column=DEFAULT_L
 
     def add(text, label, line, columns):
         if text is None:
+            if text_column in columns:
+                raise InvalidInputError(f"{where}: line {line}: the {text_column!r} field is null; give it a text")
             raise InvalidInputError(f"{where}: line {line} has no {text_column!r} field (fields: {', '.join(columns)})")
         if not isinstance(text, str):
             raise InvalidInputError(f"{where}: line {line}: the text {json.dumps(text)[:40]} is not a string")
@@ -117,9 +137,15 @@ def read_table(path, flag="--train_data", text_column="", label_column=DEFAULT_L
             try:
                 row = json.loads(raw)
             except json.JSONDecodeError as error:
-                raise InvalidInputError(f"{where}: line {number} is not valid JSON ({error.msg})") from None
+                raise InvalidInputError(
+                    f"{where}: line {number} is not valid JSON ({error.msg} at column {error.colno}); "
+                    "a JSON lines file holds one complete JSON object per line"
+                ) from None
             if not isinstance(row, dict):
-                raise InvalidInputError(f"{where}: line {number} is not a JSON object but {type(row).__name__}")
+                raise InvalidInputError(
+                    f"{where}: line {number} is a JSON {_json_kind(row)}, not an object; a JSON lines file holds one "
+                    'object per line, such as {"text": "...", "label": "..."}'
+                )
             columns = list(row)
             if not text_column:
                 text_column = _pick_text_column(columns, "", label_column, f"{where}: line {number}")
@@ -129,14 +155,27 @@ def read_table(path, flag="--train_data", text_column="", label_column=DEFAULT_L
                 )
             add(row.get(text_column), row.get(label_column), number, columns)
     else:
+        # Texts of any length (the default limit is 128 KiB a field); strict, so that a quote
+        # that is never closed is an error instead of swallowing the rest of the file.
+        csv.field_size_limit(sys.maxsize)
         reader = csv.reader(io.StringIO(content, newline=""), delimiter="," if kind == "csv" else "\t",
-                            quoting=csv.QUOTE_MINIMAL if kind == "csv" else csv.QUOTE_NONE)
+                            quoting=csv.QUOTE_MINIMAL if kind == "csv" else csv.QUOTE_NONE, strict=kind == "csv")
         try:
             header = next(reader)
         except StopIteration:
             raise InvalidInputError(f"{where} is empty; it needs a header row and at least one example") from None
         header = [name.strip() for name in header]
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:
+            raise InvalidInputError(
+                f"{where}: line 1 (header) names the column {repeated[0]!r} more than once (columns: {', '.join(header)}); "
+                "give every column its own name"
+            )
         text_column = _pick_text_column(header, text_column, label_column, f"{where}: line 1 (header)")
+        if labelled and text_column == label_column:
+            raise InvalidInputError(
+                f"--text_column and --label_column both name {text_column!r}; the text and the label must be different columns"
+            )
         for name in (text_column, label_column) if labelled else (text_column,):
             if name not in header:
                 flag_name = "--text_column" if name == text_column else "--label_column"
@@ -152,15 +191,28 @@ def read_table(path, flag="--train_data", text_column="", label_column=DEFAULT_L
                     continue
                 if len(row) != len(header):
                     raise InvalidInputError(
-                        f"{where}: line {first_line} has {len(row)} fields but the header has {len(header)}; "
+                        f"{where}: line {first_line} has {_count(len(row), 'field')} but the header has {len(header)}; "
                         "check the quoting and delimiters of that row"
                     )
                 add(row[text_index], row[label_index] if labelled else None, first_line, header)
         except csv.Error as error:
+            if "unexpected end of data" in str(error):
+                raise InvalidInputError(
+                    f"{where}: line {line + 1}: a quoted field (\") opened in this row is never closed; close the quote, "
+                    "or double any quote inside a quoted field (\"\")"
+                ) from None
             raise InvalidInputError(f"{where}: line {reader.line_num}: {error}") from None
     if not texts:
         raise InvalidInputError(f"{where} has no examples; it needs at least one row below the header")
     return Table(path, texts, labels, lines)
+
+
+def _count(number, noun):
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _json_kind(value):
+    return {list: "array", str: "string", bool: "true/false", type(None): "null"}.get(type(value), "number")
 
 
 def label_vocabulary(table, flag="--train_data"):
@@ -169,6 +221,12 @@ def label_vocabulary(table, flag="--train_data"):
     if len(names) < 2:
         raise InvalidInputError(
             f"{flag}={table.path}: every example has the label {next(iter(names))!r}; a classifier needs at least two classes"
+        )
+    # Hundreds of labels that are nearly all different: the label column is probably a text.
+    if len(names) > 100 and len(names) > len(table.labels) / 2:
+        raise InvalidInputError(
+            f"{flag}={table.path}: {len(names):,} different labels in {len(table.labels):,} examples; check "
+            "--label_column (it should name the column of classes, not of texts)"
         )
     if all(name.lstrip("-").isdigit() for name in names):
         return sorted(names, key=int)
@@ -203,16 +261,17 @@ def stratified_split(labels, fraction, seed):
     return np.sort(np.array(train, np.int64)), np.sort(np.array(valid, np.int64))
 
 
-def tokenize_texts(tokenizer, texts, sequence_length):
+def tokenize_texts(tokenizer, texts, sequence_length, keep_whitespace=False):
     """Token ids of each text, cut to sequence_length and padded with [PAD] (0): int32 [N, L].
 
-    L is the longest text's length, at most sequence_length. Returns (ids, number of texts cut).
+    L is the longest text's length, at most sequence_length. Whitespace-only tokens are dropped
+    unless keep_whitespace (Tokenizer.tokenize). Returns (ids, number of texts cut).
     """
     import tensorflow as tf  # Reading tables needs no TensorFlow; tokenizing does.
 
     rows, cut = [], 0
     for start in range(0, len(texts), 1024):
-        ragged = tokenizer.tokenize(tf.constant(texts[start : start + 1024]))
+        ragged = tokenizer.tokenize(tf.constant(texts[start : start + 1024]), keep_whitespace=keep_whitespace)
         lengths = ragged.row_lengths().numpy()
         cut += int((lengths > sequence_length).sum())
         rows.append(ragged[:, :sequence_length])
@@ -263,17 +322,18 @@ def classification_dataset(ids, labels, batch_size, seed, start_step=0, num_step
     return dataset.prefetch(2)
 
 
-# Batches are cut to their longest text rounded up to a multiple of this: short texts in a
-# batch of short texts cost no padding, and XLA compiles a handful of widths, not one per length.
-WIDTH_MULTIPLE = 8
-
-
 def _trimmed(ids):
-    """ids (B, L) without the padding columns no row of the batch needs (width a multiple of 8)."""
+    """ids (B, L) without the padding columns no row of the batch needs.
+
+    The width is the batch's longest text rounded up to a multiple of 8 (up to 64 tokens), 32 (up
+    to 256) or 128 (beyond): short texts in a batch of short texts cost no padding, and XLA
+    compiles at most about 20 widths, not one per length.
+    """
     import tensorflow as tf
 
     longest = tf.reduce_max(tf.reduce_sum(tf.cast(ids != 0, tf.int32), axis=1))
-    width = tf.minimum(tf.shape(ids)[1], (longest + WIDTH_MULTIPLE - 1) // WIDTH_MULTIPLE * WIDTH_MULTIPLE)
+    step = tf.where(longest <= 64, 8, tf.where(longest <= 256, 32, 128))
+    width = tf.minimum(tf.shape(ids)[1], (longest + step - 1) // step * step)
     return ids[:, : tf.maximum(width, 1)]
 
 

@@ -47,6 +47,8 @@ _LINE_BREAK_ESCAPES = (("\n", "\ue00a"), ("\r", "\ue00d"))
 # kept as tokens so detokenizing is a plain concatenation.
 _WORD_BOUNDARY = r"\s+|[\p{P}\p{S}]|\p{Han}"
 _WORDPIECE_SUFFIX = "##"
+# A pre-split word that is only whitespace (line breaks are escaped to private-use characters).
+_WHITESPACE_WORD = r"[\s\x{e00a}\x{e00d}]+"
 # Words longer than this many bytes would become one [UNK]; runs of spaces or line breaks,
 # URLs and unspaced scripts (Thai, kana) reach 100 bytes easily, so the cap is far out of the way.
 _WORDPIECE_MAX_BYTES_PER_WORD = 1 << 20
@@ -88,7 +90,10 @@ class Tokenizer(tf.Module):
         super().__init__(name=name)
         self.vocabulary_size = vocabulary_size
 
-    def tokenize(self, texts):
+    def tokenize(self, texts, keep_whitespace=True):
+        """keep_whitespace=False drops tokens that are only whitespace, where a tokenizer has such
+        tokens (WordPiece: they exist so that decoding restores the text exactly). A classifier
+        never decodes, and they would double its input's length."""
         raise NotImplementedError
 
     def detokenize(self, ids):
@@ -144,7 +149,8 @@ class CharTokenizer(_VocabularyFileTokenizer):
 
     kind = "char"
 
-    def tokenize(self, texts):
+    def tokenize(self, texts, keep_whitespace=True):
+        del keep_whitespace  # A character model reads spaces as word boundaries.
         characters = _escape(tf.strings.unicode_split(texts, "UTF-8"))  # (B, (chars))
         return self._ids_of(characters)
 
@@ -171,8 +177,11 @@ class WordPieceTokenizer(_VocabularyFileTokenizer):
             split_unknown_characters=True,
         )
 
-    def tokenize(self, texts):
-        pieces = self._wordpiece.tokenize(_pre_split(texts))  # (B, (words), (pieces))
+    def tokenize(self, texts, keep_whitespace=True):
+        words = _pre_split(texts)  # (B, (words)), whitespace runs their own words
+        if not keep_whitespace:
+            words = tf.ragged.boolean_mask(words, tf.logical_not(tf.strings.regex_full_match(words, _WHITESPACE_WORD)))
+        pieces = self._wordpiece.tokenize(words)  # (B, (words), (pieces))
         # An unseen character inside a word comes out as "##[UNK]", which is not in the
         # vocabulary (-1): it is [UNK].
         pieces = tf.ragged.map_flat_values(lambda ids: tf.where(ids < 0, tf.cast(UNK_ID, ids.dtype), ids), pieces)
@@ -195,7 +204,8 @@ class ByteTokenizer(Tokenizer):
         super().__init__(NUM_SPECIAL_TOKENS + 256, name=name)
         self._id_to_bytes = tf.constant(["", REPLACEMENT_CHARACTER] + [bytes([value]) for value in range(256)])
 
-    def tokenize(self, texts):
+    def tokenize(self, texts, keep_whitespace=True):
+        del keep_whitespace  # Bytes are bytes.
         byte_values = tf_text.ByteSplitter().split(texts)  # (B, (bytes)) uint8
         return tf.cast(byte_values, tf.int32) + NUM_SPECIAL_TOKENS
 
@@ -223,7 +233,8 @@ class SentencePieceTokenizer(Tokenizer):
             self._sentencepiece = tf_text.SentencepieceTokenizer(model=model, out_type=tf.int32)
         super().__init__(int(self._sentencepiece.vocab_size()), name=name)
 
-    def tokenize(self, texts):
+    def tokenize(self, texts, keep_whitespace=True):
+        del keep_whitespace  # Its pieces carry their leading space ("▁") with them.
         return self._sentencepiece.tokenize(texts)
 
     def detokenize(self, ids):

@@ -57,11 +57,13 @@ def resolve_jit_compile(config):
     """
     if config.train.jit_compile is not None:
         return config.train.jit_compile
+    if config.task != "lm":
+        # Classifier batches are cut to their longest text, so their width varies, and XLA
+        # compiles once per width: a tiny Transformer classifier's first segments ran at 1.4-5.7
+        # s/step with XLA against 0.01-0.19 without, and the bidirectional LSTM's step was about
+        # 4x slower with XLA even at a fixed width (1.9 s against 0.47 s per batch of 64, one core).
+        return False
     if config.model.model == "lstm":
-        if config.task != "lm":
-            # The bidirectional LSTM over padded, masked texts: XLA made its step about 4x
-            # slower on this CPU (1.9 s against 0.47 s per batch of 64 on one core).
-            return False
         return not tf.config.list_physical_devices("GPU")
     return True
 
@@ -129,6 +131,19 @@ def _prepare_work_dir(directory, config, task, corpora, say):
             raise InvalidInputError(
                 f"{directory.display}: {TOKENIZER_DIR}/ has {tokenizer.vocabulary_size} tokens but {CONFIG_FILE} was "
                 f"trained with {saved.model.vocabulary_size}; put the run's own {TOKENIZER_DIR}/ back"
+            )
+        changed = [
+            f"--{name}={getattr(config.train, name)} (was {getattr(saved.train, name) or 'empty'})"
+            for name in ("train_data", "valid_data", "valid_fraction")
+            if getattr(config.train, name) != getattr(saved.train, name)
+        ]
+        if changed:
+            print(
+                f"keraslm: note: resuming {directory.display} on other data: {'; '.join(changed)}. Validation "
+                "figures are not comparable with the run's earlier ones, and a held-out split of a new file may "
+                "hold examples the model has trained on",
+                file=sys.stderr,
+                flush=True,
             )
         if config.labels != saved.labels:
             raise InvalidInputError(

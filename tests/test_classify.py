@@ -252,7 +252,7 @@ def _bad_tables(directory):
 
 BAD_INPUT = {
     "missing column": (["--train_data={d}/good.csv", "--text_column=review"], "--train_data={d}/good.csv: line 1 (header) has no column 'review' (columns: text, label)"),
-    "ragged row": (["--train_data={d}/ragged.tsv"], "--train_data={d}/ragged.tsv: line 7 has 1 fields but the header has 2"),
+    "ragged row": (["--train_data={d}/ragged.tsv"], "--train_data={d}/ragged.tsv: line 7 has 1 field but the header has 2"),
     "empty text": (["--train_data={d}/empty_text.csv"], "--train_data={d}/empty_text.csv: line 8: the text is empty"),
     "label training never saw": (
         ["--train_data={d}/good.csv", "--valid_data={d}/unseen_label.csv"],
@@ -260,7 +260,7 @@ BAD_INPUT = {
     ),
     "single class": (["--train_data={d}/one_class.csv"], "every example has the label 'pos'; a classifier needs at least two classes"),
     "not utf-8": (["--train_data={d}/latin1.csv"], "--train_data={d}/latin1.csv: line 3: byte 0xe9 is not valid UTF-8"),
-    "jsonl line not an object": (["--train_data={d}/array.jsonl"], "--train_data={d}/array.jsonl: line 2 is not a JSON object"),
+    "jsonl line not an object": (["--train_data={d}/array.jsonl"], "--train_data={d}/array.jsonl: line 2 is a JSON array, not an object"),
     "cannot tell the text column": (["--train_data={d}/other_columns.csv"], "cannot tell which column holds the text (columns: comment, stars, label); pass --text_column"),
 }
 
@@ -351,3 +351,37 @@ def test_every_setting_is_a_flag_declared_once():
     )
     assert result["missing"] == [] and result["no_help"] == [] and result["round_trip"]
     assert result["count"] >= 25
+
+
+@pytest.mark.parametrize("kind", sorted(TINY))
+def test_an_empty_text_pools_to_zeros_so_the_bias_decides(kind):
+    """No tokens: the pooled features are zeros, not the padding's -1e4, whatever the backbone."""
+    import numpy as np
+
+    from keraslm.config import ModelConfig, RunConfig
+    from keraslm.tasks import build_model
+
+    config = RunConfig(
+        task="classify", labels=["a", "b", "c"],
+        model=ModelConfig(model=kind, vocabulary_size=30, sequence_length=8, hidden_dim=8, num_layers=1, num_heads=2),
+    )
+    model = build_model(config)
+    bias = np.array([0.3, -0.2, 0.5], np.float32)
+    model.get_layer("classifier").bias.assign(bias)
+    logits = np.asarray(model(np.zeros([2, 4], np.int32), training=False))
+    np.testing.assert_allclose(logits, np.stack([bias, bias]), atol=1e-6)
+    # A real text is unaffected by extra padding columns.
+    ids = np.array([[5, 7, 9, 0]], np.int32)
+    wider = np.concatenate([ids, np.zeros([1, 4], np.int32)], axis=1)
+    np.testing.assert_allclose(np.asarray(model(ids, training=False)), np.asarray(model(wider, training=False)), atol=1e-5)
+
+
+def test_language_model_export_flags_are_refused_for_a_classifier(toy_classifier, tmp_path):
+    if toy_classifier["kind"] != "lstm":
+        pytest.skip("the same for every backbone")
+    completed = run_cli("export", f"--work_dir={toy_classifier['work_dir']}", f"--export_dir={tmp_path / 'e'}", "--temperature=5")
+    assert completed.returncode == 2
+    assert "--temperature: this flag sets a language model's decoding" in completed.stderr
+    assert not (tmp_path / "e").exists()
+    config = json.loads((toy_classifier["export_dir"] / "1" / "assets" / "config.json").read_text())
+    assert "export" not in config

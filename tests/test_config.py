@@ -21,6 +21,9 @@ def test_hidden_dim_must_divide_by_num_heads():
         (TrainConfig(train_data="x", batch_size=0), "--batch_size=0"),
         (TrainConfig(train_data="x", train_steps=50, warmup_steps=60), "--warmup_steps=60"),
         (TrainConfig(train_data=""), "--train_data is required"),
+        (TrainConfig(train_data="x", valid_fraction=1.0), "--valid_fraction=1.0 must be between 0 and 1"),
+        (TrainConfig(train_data="x", valid_fraction=float("nan")), "--valid_fraction=nan must be a finite number"),
+        (TrainConfig(train_data="x", label_column=""), "--label_column is empty"),
     ],
 )
 def test_bad_values_name_their_flag(config, message):

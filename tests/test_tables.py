@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import re
 
 import numpy as np
 import pytest
@@ -58,7 +59,7 @@ def test_integer_labels_sort_numerically(tmp_path):
         ("r.tsv", "label\ttext\n1\tfine\n0\ttoo\tmany\n", "line 3 has 3 fields but the header has 2"),
         ("e.csv", "label,text\n1,fine\n0,   \n", "line 3: the text is empty"),
         ("l.csv", "label,text\n1,fine\n,blank label\n", "line 3: the 'label' field is empty or missing"),
-        ("j.jsonl", '{"text": "a", "label": 1}\n[1, 2]\n', "line 2 is not a JSON object but list"),
+        ("j.jsonl", '{"text": "a", "label": 1}\n[1, 2]\n', "line 2 is a JSON array, not an object"),
         ("j.jsonl", '{"text": "a", "label": 1}\n{"text": "b"\n', "line 2 is not valid JSON"),
         ("j.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "stars": 1}\n', "line 2 has no 'label' field (fields: text, stars)"),
         ("x.txt", "label,text\n1,a\n", "cannot tell the format from the name; use a .csv, .tsv or .jsonl file"),
@@ -137,7 +138,7 @@ def test_classification_batches_cover_each_example_once_per_epoch_and_trim_paddi
     for x, y in tables.classification_dataset(ids, labels, 16, seed=5, num_steps=30):
         x = x.numpy()
         longest = int((x != 0).sum(axis=1).max())
-        # Cut to the longest text, rounded up to a multiple of 8 (at most the full width).
+        # Cut to the longest text, rounded up to a multiple of 8 below 64 tokens (at most the full width).
         assert x.shape[1] == min(40, -(-longest // 8) * 8)
         widths.append(x.shape[1])
         for row in x:
@@ -148,3 +149,50 @@ def test_classification_batches_cover_each_example_once_per_epoch_and_trim_paddi
     assert sorted(rows_seen) == list(range(480))
     # Length buckets: most batches are much narrower than the longest text of the whole set.
     assert np.median(widths) < 40
+
+
+@pytest.mark.parametrize("longest, width", [(1, 8), (8, 8), (9, 16), (64, 64), (65, 96), (256, 256), (257, 384), (390, 400)])
+def test_batches_are_cut_to_a_few_widths(longest, width):
+    ids = np.zeros([3, 400], np.int32)
+    ids[1, :longest] = 5
+    assert tables._trimmed(ids).shape == (3, width)
+
+
+def test_numeric_labels_are_the_same_label_in_every_format(tmp_path):
+    (tmp_path / "a.csv").write_text("text,label\ngood,1.0\nbad,0\nfine,1\nmeh,+1e0\n", encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text('{"text": "good", "label": 1}\n{"text": "bad", "label": "0.0"}\n', encoding="utf-8")
+    assert tables.read_table(str(tmp_path / "a.csv")).labels == ["1", "0", "1", "1"]
+    assert tables.read_table(str(tmp_path / "b.jsonl")).labels == ["1", "0"]
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("q.csv", 'label,review\n1,"good\n0,bad\n1,ok\n', "line 2: a quoted field (\") opened in this row is never closed"),
+        ("d.csv", "label,review,review\n1,a,b\n", "names the column 'review' more than once"),
+        ("s.csv", "label,text\n1,a\n", "--text_column and --label_column both name 'label'"),
+        ("n.jsonl", '{"text": "a", "label": 1}\n{"text": null, "label": 0}\n', "line 2: the 'text' field is null"),
+    ],
+)
+def test_more_bad_tables(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content, encoding="utf-8")
+    text_column = "label" if name == "s.csv" else ""
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
+        tables.read_table(str(tmp_path / name), "--train_data", text_column)
+
+
+def test_long_fields_and_truncated_gzip(tmp_path):
+    (tmp_path / "long.tsv").write_text("text\tlabel\n" + "x" * 200_000 + "\t1\n", encoding="utf-8")
+    assert len(tables.read_table(str(tmp_path / "long.tsv")).texts[0]) == 200_000
+    data = gzip.compress(b"text,label\n" + b"good,1\n" * 1000)
+    (tmp_path / "cut.csv.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InvalidInputError, match=re.escape("cut.csv.gz: not a complete gzip file")):
+        tables.read_table(str(tmp_path / "cut.csv.gz"))
+
+
+def test_a_label_column_of_texts_is_named(tmp_path):
+    rows = "".join(f"review number {index},{index % 2}\n" for index in range(300))
+    (tmp_path / "t.csv").write_text("text,label\n" + rows, encoding="utf-8")
+    table = tables.read_table(str(tmp_path / "t.csv"), "--train_data", "label", "text")
+    with pytest.raises(InvalidInputError, match="300 different labels in 300 examples; check --label_column"):
+        tables.label_vocabulary(table)

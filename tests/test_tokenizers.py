@@ -133,3 +133,14 @@ def test_sentencepiece_trains_on_text_with_very_long_lines(tmp_path):
     decoded, ids = _round_trip(tokenizer, [paragraph])
     assert decoded == [paragraph]
     assert not np.isin(ids.flat_values.numpy(), [UNK_ID]).any()
+
+
+def test_wordpiece_can_leave_out_whitespace_tokens(tokenizers):
+    """What a classifier reads: the same pieces without the whitespace runs between words."""
+    tokenizer = tokenizers["wordpiece"]
+    text = "First  Citizen:\nBefore we proceed 今天"
+    kept = tokenizer.tokenize(tf.constant([text])).to_list()[0]
+    dropped = tokenizer.tokenize(tf.constant([text]), keep_whitespace=False).to_list()[0]
+    pieces = [tokenizer.detokenize(tf.constant([[piece]])).numpy()[0].decode("utf-8") for piece in kept]
+    assert [piece for piece, token in zip(kept, pieces) if token.strip()] == dropped
+    assert len(dropped) < len(kept) and UNK_ID not in dropped

@@ -31,7 +31,14 @@ def define_flags():
     flags.DEFINE_string("output_json", "", "Also write the JSON object to this file.")
     flags.DEFINE_string("plot_dir", "", "Classifiers: also write confusion_matrix.png into this directory.")
     # The same column flags as keraslm-train's.
-    settings.define_flags(TrainConfig, names=("text_column", "label_column"))
+    settings.define_flags(
+        TrainConfig,
+        names=("text_column", "label_column"),
+        help_override={
+            "text_column": "Classifiers: the column (field) of --data holding the text. Empty: text, sentence, review, content or document.",
+            "label_column": "Classifiers: the column (field) of --data holding the label.",
+        },
+    )
 
 
 def main(argv):
@@ -44,9 +51,17 @@ def main(argv):
     for name in ("model_dir", "data"):
         if not FLAGS[name].value:
             raise InvalidInputError(f"--{name} is required")
-    output_dir = os.path.dirname(os.path.abspath(FLAGS.output_json)) if FLAGS.output_json else ""
-    if output_dir and not os.path.isdir(output_dir):
-        raise InvalidInputError(f"--output_json={FLAGS.output_json}: directory {output_dir} does not exist")
+    if FLAGS.output_json:
+        # Checked before the evaluation runs, which can take minutes.
+        output_dir = os.path.dirname(os.path.abspath(FLAGS.output_json))
+        if os.path.isdir(FLAGS.output_json):
+            raise InvalidInputError(f"--output_json={FLAGS.output_json} is a directory; give a file name")
+        if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+            raise InvalidInputError(f"--output_json={FLAGS.output_json}: {output_dir} is a file, not a directory")
+        if not os.path.isdir(output_dir):
+            raise InvalidInputError(f"--output_json={FLAGS.output_json}: directory {output_dir} does not exist")
+        if not os.access(output_dir, os.W_OK):
+            raise InvalidInputError(f"--output_json={FLAGS.output_json}: cannot write in {output_dir} (permission denied)")
     if FLAGS.plot_dir and os.path.exists(FLAGS.plot_dir) and not os.path.isdir(FLAGS.plot_dir):
         raise InvalidInputError(f"--plot_dir={FLAGS.plot_dir} is a file; give a directory (it is created if missing)")
     model = load(FLAGS.model_dir)

@@ -3,6 +3,8 @@
   keraslm-export --work_dir=runs/shakespeare --export_dir=saved_models/shakespeare
 """
 
+import os
+
 from absl import flags
 
 from keraslm.cli import settings
@@ -26,6 +28,16 @@ def main(argv):
     for name in ("work_dir", "export_dir"):
         if not FLAGS[name].value:
             raise InvalidInputError(f"--{name} is required")
+    given = [f"--{name}" for name in settings.flag_names(ExportConfig) if FLAGS[name].present]
+    if given:
+        from keraslm.config import load_run_config
+
+        config_path = os.path.join(FLAGS.work_dir, "config.json")
+        if os.path.isfile(config_path) and load_run_config(config_path).task != "lm":
+            raise InvalidInputError(
+                f"{', '.join(given)}: {'these flags set' if len(given) > 1 else 'this flag sets'} a language model's "
+                f"decoding; --work_dir={FLAGS.work_dir} holds a classifier, so leave {'them' if len(given) > 1 else 'it'} out"
+            )
     export_config = settings.from_flags(ExportConfig)
     export_config.validate()
     export_from_work_dir(FLAGS.work_dir, FLAGS.export_dir, export_config)

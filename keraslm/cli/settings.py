@@ -59,6 +59,11 @@ def define_flags(cls, names=None, help_override=None, module_name=None):
         define_flags(hints[field.name], names, help_override, module_name)
 
 
+def flag_names(cls):
+    """The flags define_flags(cls) defines for `cls` itself (not its sections)."""
+    return [field.name for field in _flag_fields(cls)]
+
+
 def from_flags(cls):
     """An instance of `cls` with every setting taken from the parsed flags."""
     hints = typing.get_type_hints(cls)

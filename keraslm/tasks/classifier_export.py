@@ -31,7 +31,8 @@ class ClassifierServer(ExportModule):
         return {"serving_default": self.serving_default.get_concrete_function()}
 
     def _classify(self, text):
-        ids = self.tokenizer.tokenize(text)[:, : self._sequence_length]  # (B, (<= S)), cut as in training
+        # Tokenized and cut as in training (keraslm.tables.tokenize_texts).
+        ids = self.tokenizer.tokenize(text, keep_whitespace=False)[:, : self._sequence_length]  # (B, (<= S))
         # An empty text gives no tokens; one [PAD] column keeps the batch a valid (B, 1) tensor,
         # and pooling over no unmasked position yields zeros: the head's bias decides.
         dense = ids.to_tensor(default_value=PAD_ID)

@@ -20,10 +20,13 @@ class MaskedPooling(keras.layers.Layer):
 
     def call(self, hidden, mask):
         mask = keras.ops.cast(mask, hidden.dtype)[:, :, None]  # (B, T, 1)
-        count = keras.ops.maximum(keras.ops.sum(mask, axis=1), 1.0)  # (B, 1)
-        mean = keras.ops.sum(hidden * mask, axis=1) / count  # (B, H)
+        count = keras.ops.sum(mask, axis=1)  # (B, 1)
+        mean = keras.ops.sum(hidden * mask, axis=1) / keras.ops.maximum(count, 1.0)  # (B, H)
         # Padded positions get a large negative value so they never win the max.
         maximum = keras.ops.max(hidden * mask - 1e4 * (1.0 - mask), axis=1)  # (B, H)
+        # A text with no tokens (an empty string) pools to zeros, so the head's bias decides;
+        # its max would otherwise be -1e4 everywhere and the logits extreme.
+        maximum = keras.ops.where(count > 0, maximum, keras.ops.zeros_like(maximum))
         return keras.ops.concatenate([mean, maximum], axis=-1)
 
 

@@ -107,7 +107,8 @@ class ClassifyTask:
         )
 
     def eval_dataset(self, prepared, config):
-        return tables.evaluation_batches(prepared.valid_ids, prepared.valid_labels, EVAL_BATCH_SIZE)
+        dataset = tables.evaluation_batches(prepared.valid_ids, prepared.valid_labels, EVAL_BATCH_SIZE)
+        return dataset.take(config.train.eval_steps) if config.train.eval_steps else dataset
 
     def units_per_step(self, config):
         return config.train.batch_size
