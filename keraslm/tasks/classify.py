@@ -25,7 +25,8 @@ EVAL_BATCH_SIZE = 256
 class Corpora:
     train: tables.Table
     valid: tables.Table
-    valid_source: str
+    # The label vocabulary of the whole training file (the held-out split keeps every class).
+    labels: list
 
 
 @dataclasses.dataclass
@@ -44,12 +45,12 @@ class ClassifyTask:
     def read(self, config):
         train = config.train
         table = tables.read_table(train.train_data, "--train_data", train.text_column, train.label_column)
-        tables.label_vocabulary(table)  # At least two classes, before anything is written.
+        labels = tables.label_vocabulary(table)  # At least two classes, before anything is written.
         if train.valid_data:
             valid = tables.read_table(train.valid_data, "--valid_data", train.text_column, train.label_column)
             # Unknown labels are refused now, before a tokenizer is trained.
-            tables.label_ids(valid, tables.label_vocabulary(table), "--valid_data")
-            return Corpora(table, valid, f"--valid_data={train.valid_data}")
+            tables.label_ids(valid, labels, "--valid_data")
+            return Corpora(table, valid, labels)
         # The same share of each class, seeded by --seed; shuffled, so sorted files split fairly.
         keep, held_out = tables.stratified_split(table.labels, train.valid_fraction, train.seed)
         if not len(held_out) or not len(keep):
@@ -59,13 +60,13 @@ class ClassifyTask:
         pick = lambda positions: tables.Table(  # noqa: E731
             table.path, [table.texts[i] for i in positions], [table.labels[i] for i in positions], [table.lines[i] for i in positions]
         )
-        return Corpora(pick(keep), pick(held_out), f"a seeded {train.valid_fraction:.0%} of --train_data={train.train_data}")
+        return Corpora(pick(keep), pick(held_out), labels)
 
     def tokenizer_text(self, corpora):
         return "\n".join(corpora.train.texts)
 
     def labels(self, corpora):
-        return tables.label_vocabulary(corpora.train)
+        return corpora.labels
 
     def prepare(self, config, tokenizer, corpora, say):
         label_names = config.labels
