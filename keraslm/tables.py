@@ -117,7 +117,10 @@ def read_table(path, flag="--train_data", text_column="", label_column=DEFAULT_L
         if text is None:
             if text_column in columns:
                 raise InvalidInputError(f"{where}: line {line}: the {text_column!r} field is null; give it a text")
-            raise InvalidInputError(f"{where}: line {line} has no {text_column!r} field (fields: {', '.join(columns)})")
+            raise InvalidInputError(
+                f"{where}: line {line} has no {text_column!r} field (fields: {', '.join(columns)}); "
+                "pass --text_column, or give every line that field"
+            )
         if not isinstance(text, str):
             raise InvalidInputError(f"{where}: line {line}: the text {json.dumps(text)[:40]} is not a string")
         if not text.strip():
@@ -261,20 +264,23 @@ def stratified_split(labels, fraction, seed):
     return np.sort(np.array(train, np.int64)), np.sort(np.array(valid, np.int64))
 
 
-def tokenize_texts(tokenizer, texts, sequence_length, keep_whitespace=False):
+def tokenize_texts(tokenizer, texts, sequence_length, keep_whitespace=False, truncation="head"):
     """Token ids of each text, cut to sequence_length and padded with [PAD] (0): int32 [N, L].
 
-    L is the longest text's length, at most sequence_length. Whitespace-only tokens are dropped
-    unless keep_whitespace (Tokenizer.tokenize). Returns (ids, number of texts cut).
+    L is the longest text's length, at most sequence_length; `truncation` says which tokens a
+    longer text keeps (keraslm.tokenizers.truncate). Whitespace-only tokens are dropped unless
+    keep_whitespace (Tokenizer.tokenize). Returns (ids, number of texts cut).
     """
-    import tensorflow as tf  # Reading tables needs no TensorFlow; tokenizing does.
+    # Reading tables needs no TensorFlow; tokenizing does.
+    import tensorflow as tf
+    from keraslm.tokenizers import truncate
 
     rows, cut = [], 0
     for start in range(0, len(texts), 1024):
         ragged = tokenizer.tokenize(tf.constant(texts[start : start + 1024]), keep_whitespace=keep_whitespace)
         lengths = ragged.row_lengths().numpy()
         cut += int((lengths > sequence_length).sum())
-        rows.append(ragged[:, :sequence_length])
+        rows.append(truncate(ragged, sequence_length, truncation))
     ragged = tf.concat(rows, axis=0)
     width = max(1, int(tf.reduce_max(ragged.row_lengths())))
     return ragged.to_tensor(default_value=0, shape=[None, width]).numpy().astype(np.int32), cut

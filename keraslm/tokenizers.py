@@ -81,19 +81,75 @@ def _pre_split(texts):
     return _escape(words)
 
 
+# --strip_markup: an HTML/XML tag ("<br />", "<i>") becomes a space. Bounded so that a stray "<"
+# in prose ("a < b ... >") does not swallow a paragraph.
+_MARKUP_TAG = r"</?[A-Za-z][^<>]{0,200}>"
+
+
+def normalize(texts, lowercase=False, strip_markup=False):
+    """The text normalization a tokenizer applies before splitting: strings [B] -> strings [B].
+
+    TensorFlow ops only, so training (the vocabulary and the data) and the exported SavedModel
+    normalize identically. lowercase is Unicode-aware (ICU), so "É" becomes "é" too.
+    """
+    if strip_markup:
+        texts = tf.strings.regex_replace(texts, _MARKUP_TAG, " ")
+    if lowercase:
+        texts = tf.strings.lower(texts, encoding="utf-8")
+    return texts
+
+
+def normalize_text(text, lowercase=False, strip_markup=False, lines_per_chunk=4096):
+    """`normalize` on one Python string (a tokenizer's training text), line by line."""
+    if not (lowercase or strip_markup):
+        return text
+    chunks = text_chunks(text, lines_per_chunk)
+    return "".join(
+        value.decode("utf-8")
+        for start in range(0, len(chunks), 64)
+        for value in normalize(tf.constant(chunks[start : start + 64]), lowercase, strip_markup).numpy()
+    )
+
+
+def truncate(ids, length, truncation="head"):
+    """Cuts ragged ids [B, (T)] to at most `length` per row.
+
+    head: the first `length` tokens. head_tail: the first quarter and the last three quarters of
+    `length` (Sun et al. 2019, "How to Fine-Tune BERT for Text Classification": a long review's
+    verdict is often at its end).
+    """
+    if truncation == "head":
+        return ids[:, :length]
+    head = length // 4
+    tail = length - head
+    positions = tf.ragged.range(ids.row_lengths())
+    # A row of at most `length` tokens keeps every position: each is < head or >= n - tail.
+    tail_start = tf.expand_dims(ids.row_lengths() - tail, 1)
+    keep = tf.logical_or(positions < head, positions >= tail_start)
+    return tf.ragged.boolean_mask(ids, keep)
+
+
 class Tokenizer(tf.Module):
     """Base class: `tokenize` strings [B] -> ragged int32 [B, (tokens)]; `detokenize` back."""
 
     kind = None
 
-    def __init__(self, vocabulary_size, name=None):
+    def __init__(self, vocabulary_size, name=None, lowercase=False, strip_markup=False):
         super().__init__(name=name)
         self.vocabulary_size = vocabulary_size
+        # Plain Python attributes: they shape the traced graph, and the SavedModel keeps that.
+        self.lowercase = lowercase
+        self.strip_markup = strip_markup
 
     def tokenize(self, texts, keep_whitespace=True):
-        """keep_whitespace=False drops tokens that are only whitespace, where a tokenizer has such
+        """Normalizes (--lowercase, --strip_markup), then splits into ids.
+
+        keep_whitespace=False drops tokens that are only whitespace, where a tokenizer has such
         tokens (WordPiece: they exist so that decoding restores the text exactly). A classifier
         never decodes, and they would double its input's length."""
+        return self._tokenize(normalize(texts, self.lowercase, self.strip_markup), keep_whitespace)
+
+    def _tokenize(self, texts, keep_whitespace):
         raise NotImplementedError
 
     def detokenize(self, ids):
@@ -101,17 +157,22 @@ class Tokenizer(tf.Module):
         raise NotImplementedError
 
     def config(self):
-        return {"tokenizer": self.kind, "vocabulary_size": self.vocabulary_size}
+        return {
+            "tokenizer": self.kind,
+            "vocabulary_size": self.vocabulary_size,
+            "lowercase": self.lowercase,
+            "strip_markup": self.strip_markup,
+        }
 
 
 class _VocabularyFileTokenizer(Tokenizer):
     """Shared part of the tokenizers whose vocabulary is a one-token-per-line file."""
 
-    def __init__(self, directory, name=None):
+    def __init__(self, directory, name=None, **normalization):
         path = os.path.join(directory, VOCABULARY_FILE)
         with open(path, encoding="utf-8", newline="\n") as file:
             tokens = file.read().split("\n")[:-1]
-        super().__init__(len(tokens), name=name)
+        super().__init__(len(tokens), name=name, **normalization)
         self.longest_token = max(len(token) for token in tokens)
         # As an Asset, the file is copied into the SavedModel and the tables are rebuilt from it
         # when the SavedModel is loaded.
@@ -149,7 +210,7 @@ class CharTokenizer(_VocabularyFileTokenizer):
 
     kind = "char"
 
-    def tokenize(self, texts, keep_whitespace=True):
+    def _tokenize(self, texts, keep_whitespace):
         del keep_whitespace  # A character model reads spaces as word boundaries.
         characters = _escape(tf.strings.unicode_split(texts, "UTF-8"))  # (B, (chars))
         return self._ids_of(characters)
@@ -163,8 +224,8 @@ class WordPieceTokenizer(_VocabularyFileTokenizer):
 
     kind = "wordpiece"
 
-    def __init__(self, directory, name=None):
-        super().__init__(directory, name=name)
+    def __init__(self, directory, name=None, **normalization):
+        super().__init__(directory, name=name, **normalization)
         self._wordpiece = tf_text.WordpieceTokenizer(
             self._token_to_id,
             suffix_indicator=_WORDPIECE_SUFFIX,
@@ -177,7 +238,7 @@ class WordPieceTokenizer(_VocabularyFileTokenizer):
             split_unknown_characters=True,
         )
 
-    def tokenize(self, texts, keep_whitespace=True):
+    def _tokenize(self, texts, keep_whitespace):
         words = _pre_split(texts)  # (B, (words)), whitespace runs their own words
         if not keep_whitespace:
             words = tf.ragged.boolean_mask(words, tf.logical_not(tf.strings.regex_full_match(words, _WHITESPACE_WORD)))
@@ -200,11 +261,11 @@ class ByteTokenizer(Tokenizer):
 
     kind = "byte"
 
-    def __init__(self, name=None):
-        super().__init__(NUM_SPECIAL_TOKENS + 256, name=name)
+    def __init__(self, name=None, **normalization):
+        super().__init__(NUM_SPECIAL_TOKENS + 256, name=name, **normalization)
         self._id_to_bytes = tf.constant(["", REPLACEMENT_CHARACTER] + [bytes([value]) for value in range(256)])
 
-    def tokenize(self, texts, keep_whitespace=True):
+    def _tokenize(self, texts, keep_whitespace):
         del keep_whitespace  # Bytes are bytes.
         byte_values = tf_text.ByteSplitter().split(texts)  # (B, (bytes)) uint8
         return tf.cast(byte_values, tf.int32) + NUM_SPECIAL_TOKENS
@@ -219,7 +280,7 @@ class SentencePieceTokenizer(Tokenizer):
 
     kind = "sentencepiece"
 
-    def __init__(self, directory, name=None):
+    def __init__(self, directory, name=None, **normalization):
         path = os.path.join(directory, SENTENCEPIECE_FILE)
         with open(path, "rb") as file:
             model = file.read()
@@ -231,9 +292,9 @@ class SentencePieceTokenizer(Tokenizer):
         # minloglevel does not reach that copy. (Kept on failure.)
         with native_stderr_captured():
             self._sentencepiece = tf_text.SentencepieceTokenizer(model=model, out_type=tf.int32)
-        super().__init__(int(self._sentencepiece.vocab_size()), name=name)
+        super().__init__(int(self._sentencepiece.vocab_size()), name=name, **normalization)
 
-    def tokenize(self, texts, keep_whitespace=True):
+    def _tokenize(self, texts, keep_whitespace):
         del keep_whitespace  # Its pieces carry their leading space ("▁") with them.
         return self._sentencepiece.tokenize(texts)
 
@@ -251,6 +312,9 @@ def train_tokenizer(config: TokenizerConfig, text, directory):
     that is renamed at the end.
     """
     config.validate()
+    normalization = {"lowercase": config.lowercase, "strip_markup": config.strip_markup}
+    # The vocabulary is learned from the text the tokenizer will see.
+    text = normalize_text(text, **normalization)
     temporary = f"{directory}.tmp-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
     os.makedirs(temporary)
@@ -261,7 +325,7 @@ def train_tokenizer(config: TokenizerConfig, text, directory):
             _write_vocabulary(_wordpiece_vocabulary(text, config.vocabulary_size), temporary)
         elif config.tokenizer == "sentencepiece":
             _train_sentencepiece(text, config.vocabulary_size, os.path.join(temporary, SENTENCEPIECE_FILE))
-        tokenizer = _construct(config.tokenizer, temporary)
+        tokenizer = _construct(config.tokenizer, temporary, normalization)
         write_json_atomic(os.path.join(temporary, TOKENIZER_FILE), tokenizer.config())
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
@@ -277,19 +341,21 @@ def load_tokenizer(directory):
     if not os.path.isfile(path):
         raise InputNotFoundError(f"{directory}: no {TOKENIZER_FILE}; this is not a keraslm tokenizer directory")
     with open(path, encoding="utf-8") as file:
-        kind = json.load(file)["tokenizer"]
-    return _construct(kind, directory)
+        saved = json.load(file)
+    # Tokenizers saved before normalization existed have neither field: no normalization.
+    normalization = {name: bool(saved.get(name, False)) for name in ("lowercase", "strip_markup")}
+    return _construct(saved["tokenizer"], directory, normalization)
 
 
-def _construct(kind, directory):
+def _construct(kind, directory, normalization):
     if kind == "char":
-        return CharTokenizer(directory)
+        return CharTokenizer(directory, **normalization)
     if kind == "byte":
-        return ByteTokenizer()
+        return ByteTokenizer(**normalization)
     if kind == "wordpiece":
-        return WordPieceTokenizer(directory)
+        return WordPieceTokenizer(directory, **normalization)
     if kind == "sentencepiece":
-        return SentencePieceTokenizer(directory)
+        return SentencePieceTokenizer(directory, **normalization)
     raise InvalidInputError(f"{directory}: unknown tokenizer kind {kind!r}")
 
 

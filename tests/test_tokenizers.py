@@ -144,3 +144,31 @@ def test_wordpiece_can_leave_out_whitespace_tokens(tokenizers):
     pieces = [tokenizer.detokenize(tf.constant([[piece]])).numpy()[0].decode("utf-8") for piece in kept]
     assert [piece for piece, token in zip(kept, pieces) if token.strip()] == dropped
     assert len(dropped) < len(kept) and UNK_ID not in dropped
+
+
+def test_lowercase_and_strip_markup_are_learned_saved_and_applied(tmp_path):
+    """The vocabulary is learned from normalized text, and a reloaded tokenizer normalizes the same way."""
+    config = TokenizerConfig(tokenizer="char", lowercase=True, strip_markup=True)
+    text = "A GREAT Film.<br /><br />École <i>vraiment</i> bien; 1 < 2 > 0\n很好"
+    tokenizer = train_tokenizer(config, text, str(tmp_path / "char"))
+    vocabulary = (tmp_path / "char" / "vocabulary.txt").read_text(encoding="utf-8").split("\n")
+    # No capital letter and nothing of a tag is in it; a "<" that opens no tag is text and stays.
+    assert not {"A", "G", "É", "/", "i>"} & set(vocabulary) and {"a", "é", "<", ">", "很"} <= set(vocabulary)
+    saved = json.loads((tmp_path / "char" / "tokenizer.json").read_text())
+    assert saved["lowercase"] is True and saved["strip_markup"] is True
+    reloaded = load_tokenizer(str(tmp_path / "char"))
+    ids = reloaded.tokenize(tf.constant(["GREAT <b>FILM</b>", "great  film ", "Great<br/>"]))
+    decoded = [text.decode("utf-8") for text in reloaded.detokenize(ids).numpy()]
+    assert decoded == ["great  film ", "great  film ", "great "]
+    # Without the settings (and for tokenizers saved before they existed) text is left alone.
+    plain = train_tokenizer(TokenizerConfig(tokenizer="char"), text, str(tmp_path / "plain"))
+    assert plain.detokenize(plain.tokenize(tf.constant(["GREAT <i>"]))).numpy()[0].decode("utf-8") == "GREAT <i>"
+
+
+def test_truncation_keeps_the_head_or_the_head_and_tail():
+    from keraslm.tokenizers import truncate
+
+    ids = tf.ragged.constant([list(range(1, 13)), [1, 2, 3], []], dtype=tf.int32)
+    assert truncate(ids, 8).to_list() == [[1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 3], []]
+    # A quarter of 8 from the start, three quarters from the end; short rows are untouched.
+    assert truncate(ids, 8, "head_tail").to_list() == [[1, 2, 7, 8, 9, 10, 11, 12], [1, 2, 3], []]

@@ -12,7 +12,7 @@ import types
 import tensorflow as tf
 
 from keraslm.tasks.export_module import ExportModule
-from keraslm.tokenizers import PAD_ID
+from keraslm.tokenizers import PAD_ID, truncate
 
 
 class ClassifierServer(ExportModule):
@@ -23,6 +23,7 @@ class ClassifierServer(ExportModule):
         self.label_names = tf.constant(run_config.labels, tf.string)
         self._keras = types.SimpleNamespace(model=model)  # Not tracked: no Keras in the SavedModel.
         self._sequence_length = run_config.model.sequence_length
+        self._truncation = run_config.model.truncation
         self.serving_default = tf.function(
             self._classify, input_signature=[tf.TensorSpec([None], tf.string, name="text")], autograph=False
         )
@@ -31,8 +32,8 @@ class ClassifierServer(ExportModule):
         return {"serving_default": self.serving_default.get_concrete_function()}
 
     def _classify(self, text):
-        # Tokenized and cut as in training (keraslm.tables.tokenize_texts).
-        ids = self.tokenizer.tokenize(text, keep_whitespace=False)[:, : self._sequence_length]  # (B, (<= S))
+        # Normalized, tokenized and cut as in training (keraslm.tables.tokenize_texts).
+        ids = truncate(self.tokenizer.tokenize(text, keep_whitespace=False), self._sequence_length, self._truncation)
         # An empty text gives no tokens; one [PAD] column keeps the batch a valid (B, 1) tensor,
         # and pooling over no unmasked position yields zeros: the head's bias decides.
         dense = ids.to_tensor(default_value=PAD_ID)
