@@ -62,7 +62,7 @@ def _first_line(error):
     return text.strip().splitlines()[0][:200]
 
 
-def restore_newest_intact(checkpoint, directory, where, partial=False, say=print):
+def restore_newest_intact(checkpoint, directory, where, partial=False, say=print, advice=None):
     """Restores `checkpoint` from the newest readable checkpoint in `directory`.
 
     Returns the prefix restored, or None when the directory holds no checkpoint files. Every
@@ -99,10 +99,10 @@ def restore_newest_intact(checkpoint, directory, where, partial=False, say=print
             say(f"keraslm: using {prefix}, the newest checkpoint file, instead of the index's {latest}")
         return prefix
     if failures:
-        raise InvalidInputError(
-            f"{where}: none of its checkpoints can be read ({'; '.join(failures)}); nothing was changed. "
-            "Restore the checkpoints/ files from a backup, or delete the work directory to start over"
+        advice = advice or (
+            "nothing was changed. Restore the checkpoints/ files from a backup, or delete the work directory to start over"
         )
+        raise InvalidInputError(f"{where}: none of its checkpoints can be read ({'; '.join(failures)}); {advice}")
     return None
 
 

@@ -14,10 +14,13 @@ from typing import Optional
 
 from keraslm.errors import InvalidInputError
 
-TASKS = ("lm", "classify")
+TASKS = ("lm", "mlm", "classify")
+# Tasks that pretrain a backbone on raw text, which --task=classify --init_from can start from.
+PRETRAINING_TASKS = ("lm", "mlm")
 TOKENIZERS = ("char", "byte", "wordpiece", "sentencepiece")
 MODELS = ("transformer", "lstm")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
+TRUNCATIONS = ("head", "head_tail")
 
 # Vocabulary cap used when --vocabulary_size is 0 for the tokenizers that must have one.
 DEFAULT_SUBWORD_VOCABULARY_SIZE = 8000
@@ -33,14 +36,15 @@ FORMAT_VERSION = 2
 FLOAT32_MAX = 3.4028234663852886e38
 
 
-def setting(default, help, choices=None, flag=True):  # pylint: disable=redefined-builtin
+def setting(default, help, choices=None, flag=True, repeatable=False):  # pylint: disable=redefined-builtin
     """A dataclass field that is also a command-line flag: declared once, here.
 
     keraslm.cli.flags derives each command's flags (name, type, default, help, choices) from these
     fields and builds the config back from the parsed flags. flag=False: set by keraslm itself
     (e.g. the vocabulary size the trained tokenizer ended up with), never by a user.
+    repeatable (strings): the flag may be given several times; the values are joined with commas.
     """
-    metadata = {"help": help, "choices": choices, "flag": flag}
+    metadata = {"help": help, "choices": choices, "flag": flag, "repeatable": repeatable}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -63,6 +67,13 @@ class TokenizerConfig:
         0,
         "Vocabulary cap incl. special tokens. 0: every character (char), 258 (byte), "
         f"{DEFAULT_SUBWORD_VOCABULARY_SIZE} (wordpiece, sentencepiece).",
+    )
+    lowercase: bool = setting(
+        False, "Lowercase the text (Unicode-aware) before tokenizing: in training, evaluation and the export."
+    )
+    strip_markup: bool = setting(
+        False,
+        "Replace HTML/XML tags such as <br /> with a space before tokenizing: in training, evaluation and the export.",
     )
 
     def validate(self):
@@ -98,6 +109,19 @@ class ModelConfig:
     num_layers: int = setting(4, "Number of Transformer blocks or LSTM layers.")
     num_heads: int = setting(4, "Attention heads per Transformer block; must divide --hidden_dim.")
     dropout: float = setting(0.0, "Dropout rate in [0, 1); 0 for small data and short runs.")
+    # None: as the task needs (lm: causal; mlm and classify: bidirectional). A classifier
+    # fine-tuned from a causal LM keeps its backbone's direction (keraslm.pretrained).
+    causal: Optional[bool] = setting(None, "Whether the backbone sees only the past.", flag=False)
+    # masked-LM pretraining reserves one id past the tokenizer's vocabulary for [MASK]; a
+    # classifier fine-tuned from it keeps the embedding row.
+    extra_ids: int = setting(0, "Ids the model reserves past the tokenizer's vocabulary ([MASK]).", flag=False)
+    truncation: str = setting(
+        "head",
+        "--task=classify: what a text longer than --sequence_length tokens keeps: head (its first tokens) or "
+        "head_tail (the first quarter and the last three quarters of --sequence_length; long reviews end with "
+        "their verdict).",
+        choices=TRUNCATIONS,
+    )
 
     def resolved_intermediate_dim(self):
         return self.intermediate_dim or 4 * self.hidden_dim
@@ -106,6 +130,10 @@ class ModelConfig:
         _check_finite(self, ("dropout",))
         if self.model not in MODELS:
             raise InvalidInputError(f"--model={self.model!r} is not known; use one of {', '.join(MODELS)}")
+        if self.truncation not in TRUNCATIONS:
+            raise InvalidInputError(
+                f"--truncation={self.truncation!r} is not known; use one of {', '.join(TRUNCATIONS)}"
+            )
         for name in ("hidden_dim", "num_layers", "num_heads"):
             value = getattr(self, name)
             if value < 1:
@@ -127,8 +155,10 @@ class ModelConfig:
 class TrainConfig:
     train_data: str = setting(
         "",
-        "File to train on (required): UTF-8 text for --task=lm; a CSV, TSV or JSONL file (optionally .gz) "
-        "with a header and a text and a label column for --task=classify.",
+        "File(s) to train on (required). --task=lm and mlm: UTF-8 text, or the text column of CSV/TSV/JSONL(.gz) "
+        "files; several files (comma-separated, or the flag repeated) are read as one corpus. --task=classify: a "
+        "CSV, TSV or JSONL file (optionally .gz) with a header and a text and a label column.",
+        repeatable=True,
     )
     valid_data: str = setting(
         "",
@@ -142,7 +172,15 @@ class TrainConfig:
         "", "--task=classify: the column (field) holding the text. Empty: text, sentence, review, content or document."
     )
     label_column: str = setting("label", "--task=classify: the column (field) holding the label (strings or integers).")
-    batch_size: int = setting(12, "Windows (lm) or examples (classify) per optimizer step.")
+    init_from: str = setting(
+        "",
+        "--task=classify: the work directory of a pretraining run (--task=mlm or lm). Its tokenizer and trained "
+        "backbone start this classifier under a new head; its model and tokenizer settings are used.",
+    )
+    freeze_steps: int = setting(
+        0, "With --init_from: train only the new head for this many steps, then the whole model."
+    )
+    batch_size: int = setting(12, "Windows (lm, mlm) or examples (classify) per optimizer step.")
     train_steps: int = setting(2000, "Optimizer steps in the whole run (a resumed run ends here too).")
     learning_rate: float = setting(1e-3, "Peak AdamW learning rate, reached after --warmup_steps.")
     # Cosine decay ends here (nanoGPT: learning_rate / 10).
@@ -212,6 +250,17 @@ class TrainConfig:
             raise InvalidInputError(f"--valid_fraction={self.valid_fraction} must be between 0 and 1 (0.1 holds out 10%)")
         if not self.label_column:
             raise InvalidInputError("--label_column is empty; name the column that holds the labels")
+        if self.freeze_steps < 0:
+            raise InvalidInputError(f"--freeze_steps={self.freeze_steps} must not be negative")
+        if self.freeze_steps and not self.init_from:
+            raise InvalidInputError(
+                f"--freeze_steps={self.freeze_steps} needs --init_from: only a pretrained backbone is worth freezing"
+            )
+        if self.freeze_steps >= self.train_steps:
+            raise InvalidInputError(
+                f"--freeze_steps={self.freeze_steps} must be smaller than --train_steps={self.train_steps}, "
+                "or the backbone is never fine-tuned"
+            )
 
 
 @dataclasses.dataclass
@@ -245,7 +294,9 @@ class RunConfig:
     """Everything that defines a training run; written to <work_dir>/config.json."""
 
     task: str = setting(
-        "lm", "What to train: lm = a language model on raw text; classify = a text classifier on labelled examples.",
+        "lm",
+        "What to train: lm = a (causal) language model on raw text; mlm = masked-LM pretraining of the Transformer "
+        "encoder on raw text; classify = a text classifier on labelled examples.",
         choices=TASKS,
     )
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
@@ -261,6 +312,20 @@ class RunConfig:
         self.tokenizer.validate()
         self.model.validate()
         self.train.validate()
+        if self.task == "mlm" and self.model.model != "transformer":
+            raise InvalidInputError(
+                f"--task=mlm pretrains the Transformer encoder, not --model={self.model.model}; "
+                "pretrain an LSTM with --task=lm instead"
+            )
+        if self.model.truncation != "head" and self.task != "classify":
+            raise InvalidInputError(
+                f"--truncation={self.model.truncation} is for --task=classify; a --task={self.task} run reads "
+                "windows of its text, so leave it out"
+            )
+        if self.train.init_from and self.task != "classify":
+            raise InvalidInputError(
+                f"--init_from is for --task=classify (fine-tuning a pretrained backbone), not --task={self.task}"
+            )
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -390,4 +455,19 @@ def config_differences(old, new):
     for section in ("tokenizer", "model"):
         pairs += [(key, value, new_dict[section].get(key)) for key, value in old_dict[section].items()]
     pairs.append(("mixed_precision", old_dict["train"]["mixed_precision"], new_dict["train"]["mixed_precision"]))
-    return [f"--{key}: {old_value!r} -> {new_value!r}" for key, old_value, new_value in pairs if old_value != new_value]
+    differences = [
+        f"--{key}: {old_value!r} -> {new_value!r}"
+        for key, old_value, new_value in pairs
+        if old_value != new_value and key not in _SET_BY_PRETRAINING
+    ]
+    if any(old_dict["model"].get(key) != new_dict["model"].get(key) for key in _SET_BY_PRETRAINING):
+        # Not flags: they follow from what the backbone was pretrained by.
+        differences.append(
+            f"--init_from: a backbone pretrained by another task ({old_dict['train']['init_from'] or 'none'!r} -> "
+            f"{new_dict['train']['init_from'] or 'none'!r})"
+        )
+    return differences
+
+
+# Model settings that --init_from sets (the backbone's direction, the [MASK] id), not a flag.
+_SET_BY_PRETRAINING = ("causal", "extra_ids")

@@ -5,11 +5,14 @@ says where. Training windows are a pure function of (seed, step), so a resumed r
 the batches the interrupted run would have seen.
 """
 
+import gzip
 import os
+import zlib
 
 import numpy as np
 import tensorflow as tf
 
+from keraslm import tables
 from keraslm.errors import InputNotFoundError, InvalidInputError
 from keraslm.tokenizers import text_chunks
 
@@ -26,10 +29,15 @@ def read_text_file(path, flag="--train_data"):
     if os.path.isdir(path):
         raise InvalidInputError(f"{flag}={path} is a directory; give a UTF-8 text file inside it")
     try:
-        with open(path, "rb") as file:
+        with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as file:
             data = file.read()
-    except OSError as error:
-        raise InvalidInputError(f"{flag}={path}: cannot read ({error.strerror})") from None
+    except (OSError, EOFError, zlib.error) as error:
+        if path.endswith(".gz") and not isinstance(error, PermissionError):
+            raise InvalidInputError(
+                f"{flag}={path}: not a complete gzip file ({error}); re-create it with gzip, or drop the .gz ending "
+                "if it is not compressed"
+            ) from None
+        raise InvalidInputError(f"{flag}={path}: cannot read ({getattr(error, 'strerror', None) or error})") from None
     try:
         # utf-8-sig drops the byte-order mark some Windows editors write.
         text = data.decode("utf-8-sig")
@@ -44,6 +52,37 @@ def read_text_file(path, flag="--train_data"):
     if not text.strip():
         raise InvalidInputError(f"{flag}={path} is empty (no text besides whitespace); give a file with text")
     return text
+
+
+def is_table(path):
+    """A CSV, TSV or JSONL file (optionally .gz), by its name."""
+    name = path[:-3] if path.endswith(".gz") else path
+    return os.path.splitext(name)[1].lower() in (".csv", ".tsv", ".jsonl", ".json")
+
+
+def split_paths(paths):
+    """'a.txt,b.jsonl.gz' -> ['a.txt', 'b.jsonl.gz'] (a repeated flag arrives joined by commas)."""
+    return [path.strip() for path in paths.split(",") if path.strip()]
+
+
+def read_corpus(paths, flag="--train_data", text_column=""):
+    """The raw text of one or more files (comma-separated), read as one corpus.
+
+    A plain UTF-8 text file (optionally .gz) is taken as it is; a CSV, TSV or JSONL file
+    (optionally .gz) gives its text column (--text_column, or a guessed one), one example per
+    line, labels ignored. Files are joined with a line break between them.
+    """
+    names = split_paths(paths)
+    if not names:
+        raise InvalidInputError(f"{flag} is empty; give the path of a UTF-8 text file (or a CSV/TSV/JSONL file)")
+    parts = []
+    for path in names:
+        if is_table(path):
+            texts = tables.read_table(path, flag, text_column, labelled=False).texts
+            parts.append("\n".join(text.strip("\n") for text in texts) + "\n")
+        else:
+            parts.append(read_text_file(path, flag))
+    return "\n".join(part.rstrip("\n") for part in parts) + "\n" if len(parts) > 1 else parts[0]
 
 
 def split_for_validation(text, fraction=VALIDATION_FRACTION):

@@ -16,10 +16,11 @@ import tempfile
 
 import tensorflow as tf
 
-from keraslm.config import ExportConfig, write_json_atomic
+from keraslm.config import ExportConfig, load_run_config, write_json_atomic
 from keraslm.errors import InvalidInputError
 from keraslm.files import is_disk_full, pid_alive
 from keraslm.tasks import get_task
+from keraslm.tasks.mlm import not_exportable
 from keraslm.training import load_trained_model
 
 CONFIG_ASSET = "config.json"
@@ -120,6 +121,9 @@ def export_from_work_dir(work_dir, export_dir, export_config=None, verbose=True,
     same export settings, say so and return it instead of writing an identical new version.
     """
     export_config = export_config or ExportConfig()
+    config_path = os.path.join(work_dir, CONFIG_ASSET)
+    if os.path.isfile(config_path) and not get_task(load_run_config(config_path).task).exportable:
+        raise not_exportable(work_dir)
     run_config, model, tokenizer, checkpoint = load_trained_model(work_dir, use_cudnn=False)
     source = _checkpoint_source(work_dir, checkpoint)
     if only_if_changed:

@@ -20,7 +20,7 @@ import typing
 import keras
 import tensorflow as tf
 
-from keraslm import checkpoints, run_log
+from keraslm import checkpoints, pretrained as pretrained_lib, run_log
 from keraslm.config import RunConfig, load_run_config, save_run_config
 from keraslm.errors import InvalidInputError, TrainingDivergedError
 from keraslm.files import is_disk_full
@@ -57,7 +57,7 @@ def resolve_jit_compile(config):
     """
     if config.train.jit_compile is not None:
         return config.train.jit_compile
-    if config.task != "lm":
+    if config.task == "classify":
         # Classifier batches are cut to their longest text, so their width varies, and XLA
         # compiles once per width: a tiny Transformer classifier's first segments ran at 1.4-5.7
         # s/step with XLA against 0.01-0.19 without, and the bidirectional LSTM's step was about
@@ -117,8 +117,8 @@ def build_compiled_model(config, task=None):
     return model
 
 
-def _prepare_work_dir(directory, config, task, corpora, say):
-    """Loads (resume) or trains (new run) the tokenizer and tokenizes the corpora.
+def _prepare_work_dir(directory, config, task, corpora, say, pretrained=None):
+    """Loads (resume), copies (--init_from) or trains (new run) the tokenizer; tokenizes the corpora.
 
     A new run's tokenizer and config.json are staged and move into place only once all of this
     has succeeded, so bad input leaves nothing behind. An existing run's tokenizer and config are
@@ -127,10 +127,10 @@ def _prepare_work_dir(directory, config, task, corpora, say):
     saved = directory.saved_config(config)
     if saved:
         tokenizer = load_tokenizer(directory.file(TOKENIZER_DIR))
-        if tokenizer.vocabulary_size != saved.model.vocabulary_size:
+        if tokenizer.vocabulary_size + saved.model.extra_ids != saved.model.vocabulary_size:
             raise InvalidInputError(
                 f"{directory.display}: {TOKENIZER_DIR}/ has {tokenizer.vocabulary_size} tokens but {CONFIG_FILE} was "
-                f"trained with {saved.model.vocabulary_size}; put the run's own {TOKENIZER_DIR}/ back"
+                f"trained with {saved.model.vocabulary_size - saved.model.extra_ids}; put the run's own {TOKENIZER_DIR}/ back"
             )
         changed = [
             f"--{name}={getattr(config.train, name)} (was {getattr(saved.train, name) or 'empty'})"
@@ -154,8 +154,18 @@ def _prepare_work_dir(directory, config, task, corpora, say):
         staging = None
     else:
         staging = directory.staging_dir()
-        tokenizer = train_tokenizer(config.tokenizer, task.tokenizer_text(corpora), os.path.join(staging, TOKENIZER_DIR))
-    config.model.vocabulary_size = tokenizer.vocabulary_size
+        if pretrained:
+            pretrained_lib.copy_tokenizer(pretrained, os.path.join(staging, TOKENIZER_DIR))
+            tokenizer = load_tokenizer(os.path.join(staging, TOKENIZER_DIR))
+            expected = pretrained.config.model.vocabulary_size - pretrained.config.model.extra_ids
+            if tokenizer.vocabulary_size != expected:
+                raise InvalidInputError(
+                    f"--init_from={pretrained.work_dir}: {TOKENIZER_DIR}/ has {tokenizer.vocabulary_size} tokens but its "
+                    f"{CONFIG_FILE} was trained with {expected}; put the run's own {TOKENIZER_DIR}/ back"
+                )
+        else:
+            tokenizer = train_tokenizer(config.tokenizer, task.tokenizer_text(corpora), os.path.join(staging, TOKENIZER_DIR))
+    config.model.vocabulary_size = tokenizer.vocabulary_size + config.model.extra_ids
     prepared = task.prepare(config, tokenizer, corpora, say)
     if staging:
         save_run_config(config, os.path.join(staging, CONFIG_FILE))
@@ -230,21 +240,72 @@ def _restore(checkpoint, directory, saved, verbose):
     return checkpoints.step_of(restored)
 
 
-def train(config: RunConfig, work_dir, verbose=True):
-    """Trains (or resumes) the run described by `config` in `work_dir`; returns a TrainResult."""
+def _fine_tuning_run_to_resume(config, work_dir):
+    """The saved config of a fine-tuning run in work_dir that has checkpoints of its own, if this
+    invocation continues it (the same --init_from, or none given); else None."""
+    own = os.path.join(work_dir, CONFIG_FILE)
+    if not (os.path.isfile(own) and checkpoints.checkpoint_files(os.path.join(work_dir, CHECKPOINT_DIR))):
+        return None
+    try:
+        saved = load_run_config(own)
+    except InvalidInputError:
+        return None  # The work directory's own checks name what is wrong with it.
+    if saved.task != config.task or not saved.train.init_from:
+        return None
+    if config.train.init_from not in ("", saved.train.init_from):
+        return None
+    return saved
+
+
+def _pretrained_run(config, work_dir, explicit, verbose):
+    """--init_from: the pretraining run (checked and read), its settings adopted into `config`.
+
+    A fine-tuning run that already has checkpoints of its own resumes from them with its own
+    settings: the pretraining run is not read again (it may have moved, or trained on). Returns
+    None when there is nothing to start from.
+    """
+    saved = _fine_tuning_run_to_resume(config, work_dir)
+    if saved:
+        config.train.init_from = saved.train.init_from
+        pretrained_lib.adopt_settings(config, saved, explicit)
+        config.model.causal = saved.model.causal  # Its own direction, not that of a classify run.
+        return None
+    if not config.train.init_from:
+        return None
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if verbose else (lambda line: None)
+    pretrained = pretrained_lib.load_pretrained_run(config.train.init_from, say=say)
+    pretrained_lib.adopt_settings(config, pretrained.config, explicit)
+    return pretrained
+
+
+def train(config: RunConfig, work_dir, verbose=True, explicit=None):
+    """Trains (or resumes) the run described by `config` in `work_dir`; returns a TrainResult.
+
+    explicit: with --init_from, the names of the settings the user gave (keraslm.pretrained).
+    """
     started = time.perf_counter()
     config.validate()
     task = get_task(config.task)
+    pretrained = _pretrained_run(config, work_dir, explicit, verbose)
+    task.resolve(config)
     # Read and checked before the work directory is touched: bad input leaves nothing behind.
     corpora = task.read(config)
     config.labels = task.labels(corpora)
     with WorkDir(work_dir) as directory:
-        return _train_in(directory, config, task, corpora, started, verbose)
+        return _train_in(directory, config, task, corpora, started, verbose, pretrained)
 
 
-def _train_in(directory, config, task, corpora, started, verbose):
+def _set_backbone_trainable(model, backbone, trainable):
+    """--freeze_steps: the backbone joins (or leaves) training; the step function is rebuilt, as
+    it reads the trainable variables when it is traced."""
+    if backbone.trainable != trainable:
+        backbone.trainable = trainable
+        model.make_train_function(force=True)
+
+
+def _train_in(directory, config, task, corpora, started, verbose, pretrained=None):
     say = (lambda line: print(line, flush=True)) if verbose else (lambda line: None)
-    saved, prepared = _prepare_work_dir(directory, config, task, corpora, say)
+    saved, prepared = _prepare_work_dir(directory, config, task, corpora, say, pretrained)
     train = config.train
     keras.utils.set_random_seed(train.seed)
     model = build_compiled_model(config, task)
@@ -262,6 +323,12 @@ def _train_in(directory, config, task, corpora, started, verbose):
         random_state=[variable for variable in model.variables if variable.path.endswith("seed_generator_state")],
     )
     restored_step = _restore(checkpoint, directory, saved, verbose)
+    if pretrained and not restored_step:
+        pretrained_lib.restore_backbone(backbone, pretrained)
+        say(
+            f"keraslm: the backbone starts from {pretrained.work_dir} (--task={pretrained.config.task}, step "
+            f"{pretrained.step}); new head: {', '.join(sorted(head))}"
+        )
     if restored_step and int(steps_taken.numpy()) == 0:
         # A checkpoint from before steps_taken existed: the optimizer counted the steps.
         steps_taken.assign(int(model.optimizer.iterations))
@@ -291,6 +358,10 @@ def _train_in(directory, config, task, corpora, started, verbose):
     while step < train.train_steps:
         # A segment ends at the next multiple of eval_interval (or the last step).
         segment_end = min(train.train_steps, (step // train.eval_interval + 1) * train.eval_interval)
+        if step < train.freeze_steps:
+            # The head trains alone up to --freeze_steps (a segment ends there), then everything.
+            segment_end = min(segment_end, train.freeze_steps)
+        _set_backbone_trainable(model, backbone, step >= train.freeze_steps)
         segment_steps = segment_end - step
         dataset = task.train_dataset(prepared, config, step, segment_steps)
         watch = _StepCallback(progbar, step)

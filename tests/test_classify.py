@@ -263,6 +263,7 @@ BAD_INPUT = {
     "single class": (["--train_data={d}/one_class.csv"], "every example has the label 'pos'; a classifier needs at least two classes"),
     "not utf-8": (["--train_data={d}/latin1.csv"], "--train_data={d}/latin1.csv: line 3: byte 0xe9 is not valid UTF-8"),
     "jsonl line not an object": (["--train_data={d}/array.jsonl"], "--train_data={d}/array.jsonl: line 2 is a JSON array, not an object"),
+    "two training files": (["--train_data={d}/good.csv,{d}/ragged.tsv"], "--task=classify reads one table, not 2 files"),
     "cannot tell the text column": (["--train_data={d}/other_columns.csv"], "cannot tell which column holds the text (columns: comment, stars, label); pass --text_column"),
 }
 
@@ -406,3 +407,39 @@ def test_language_model_export_flags_are_refused_for_a_classifier(toy_classifier
     assert not (tmp_path / "e").exists()
     config = json.loads((toy_classifier["export_dir"] / "1" / "assets" / "config.json").read_text())
     assert "export" not in config
+
+
+def test_export_normalizes_and_truncates_exactly_as_training(tmp_path):
+    """--lowercase, --strip_markup and --truncation=head_tail: the served model sees training's ids."""
+    import numpy as np
+    import tensorflow as tf
+
+    from keraslm import tables
+    from keraslm.config import ModelConfig, RunConfig, TokenizerConfig, save_run_config
+    from keraslm.tasks import build_model
+    from keraslm.tasks.classifier_export import ClassifierServer
+    from keraslm.tokenizers import train_tokenizer
+
+    texts = [
+        "The FILM was <i>GOOD</i>: really good, lovely and wonderful, a great and excellent film",
+        "BAD<br /><br />bad",
+        "这家外卖<b>很好吃</b>，推荐",
+    ]
+    config = RunConfig(
+        task="classify",
+        tokenizer=TokenizerConfig(tokenizer="wordpiece", vocabulary_size=120, lowercase=True, strip_markup=True),
+        model=ModelConfig(model="lstm", sequence_length=8, truncation="head_tail", hidden_dim=8, num_layers=1),
+        labels=["neg", "pos"],
+    )
+    tokenizer = train_tokenizer(config.tokenizer, "\n".join(texts), str(tmp_path / "tokenizer"))
+    config.model.vocabulary_size = tokenizer.vocabulary_size
+    ids, cut = tables.tokenize_texts(tokenizer, texts, 8, truncation="head_tail")
+    assert cut == 2  # The first and the third are longer than 8 tokens.
+    head, _ = tables.tokenize_texts(tokenizer, texts, 8)
+    assert not np.array_equal(ids, head)  # head_tail is not head.
+    config_path = tmp_path / "config.json"
+    save_run_config(config, config_path)
+    model = build_model(config)
+    served = ClassifierServer(model, tokenizer, config, str(config_path)).serving_default(tf.constant(texts))
+    expected = tf.nn.softmax(model(ids, training=False), axis=-1).numpy()
+    np.testing.assert_allclose(served["scores"].numpy(), expected, atol=1e-6)

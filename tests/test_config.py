@@ -24,6 +24,14 @@ def test_hidden_dim_must_divide_by_num_heads():
         (TrainConfig(train_data="x", valid_fraction=1.0), "--valid_fraction=1.0 must be between 0 and 1"),
         (TrainConfig(train_data="x", valid_fraction=float("nan")), "--valid_fraction=nan must be a finite number"),
         (TrainConfig(train_data="x", label_column=""), "--label_column is empty"),
+        (TrainConfig(train_data="x", freeze_steps=5), "--freeze_steps=5 needs --init_from"),
+        (TrainConfig(train_data="x", init_from="runs/lm", train_steps=10, freeze_steps=10), "--freeze_steps=10 must be smaller"),
+        (
+            RunConfig(task="lm", model=ModelConfig(truncation="head_tail"), train=TrainConfig(train_data="x")),
+            "--truncation=head_tail is for --task=classify",
+        ),
+        (RunConfig(task="mlm", model=ModelConfig(model="lstm"), train=TrainConfig(train_data="x")), "--task=mlm pretrains"),
+        (RunConfig(task="lm", train=TrainConfig(train_data="x", init_from="runs/lm")), "--init_from is for --task=classify"),
     ],
 )
 def test_bad_values_name_their_flag(config, message):

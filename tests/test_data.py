@@ -13,6 +13,31 @@ def test_reads_utf8_and_drops_a_byte_order_mark(tmp_path):
     assert data.read_text_file(str(path)) == "今天 hello\n"
 
 
+def test_a_corpus_of_several_files_text_and_tables(tmp_path):
+    """Plain text (gzipped too) as it is; a table's text column, one example per line; joined."""
+    import gzip
+    import json
+
+    (tmp_path / "a.txt").write_text("First line.\nSecond line.\n", encoding="utf-8")
+    with gzip.open(tmp_path / "b.txt.gz", "wt", encoding="utf-8") as file:
+        file.write("压缩的文字")
+    with gzip.open(tmp_path / "c.jsonl.gz", "wt", encoding="utf-8") as file:
+        for text in ("A review.<br />Two lines", "Another"):
+            file.write(json.dumps({"text": text, "label": "pos"}) + "\n")
+    (tmp_path / "d.tsv").write_text("id\tsentence\n1\tfrom a tsv\n", encoding="utf-8")
+    paths = ",".join(str(tmp_path / name) for name in ("a.txt", "b.txt.gz", "c.jsonl.gz", "d.tsv"))
+    assert data.read_corpus(paths) == (
+        "First line.\nSecond line.\n压缩的文字\nA review.<br />Two lines\nAnother\nfrom a tsv\n"
+    )
+    # One plain file is read exactly as it is.
+    assert data.read_corpus(str(tmp_path / "b.txt.gz")) == "压缩的文字"
+    with pytest.raises(InvalidInputError, match=r"--train_data=.*d\.tsv: line 1 \(header\) has no column 'body'"):
+        data.read_corpus(str(tmp_path / "d.tsv"), text_column="body")
+    (tmp_path / "bad.txt.gz").write_bytes(b"not gzip")
+    with pytest.raises(InvalidInputError, match=r"bad\.txt\.gz: not a complete gzip file"):
+        data.read_corpus(f"{tmp_path / 'a.txt'},{tmp_path / 'bad.txt.gz'}")
+
+
 def test_missing_file_names_the_flag_and_path(tmp_path):
     with pytest.raises(InputNotFoundError, match=r"--valid_data=.*nope\.txt: no such file"):
         data.read_text_file(str(tmp_path / "nope.txt"), "--valid_data")

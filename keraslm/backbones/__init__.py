@@ -9,15 +9,19 @@ from keraslm.backbones.lstm import build_lstm_backbone
 from keraslm.backbones.transformer import build_transformer_backbone
 
 
-def build_backbone(config, causal, use_cudnn="auto"):
+def build_backbone(config, causal, use_cudnn="auto", whole_texts=None):
     """The backbone a ModelConfig names.
 
-    causal=True (language modelling): each position sees only its past, the Transformer decoder or
-    a unidirectional LSTM. causal=False (tasks that read a whole text at once): the Transformer
-    encoder with a padding mask, or a bidirectional LSTM that skips padding. use_cudnn (LSTM
-    only): Keras picks the cuDNN kernel when a GPU is present ("auto"); False keeps the portable
-    kernel, which exports need (cuDNN ops have no CPU implementation).
+    causal=True (language modelling, and classifiers fine-tuned from a language model): each
+    position sees only its past, the Transformer decoder or a unidirectional LSTM; texts are
+    padded on the right, so no real position ever sees padding. causal=False (tasks that read a
+    whole text at once): the Transformer encoder with a padding mask, or a bidirectional LSTM
+    that skips padding. whole_texts (default: not causal): the input is padded whole texts, not
+    an LM's windows, and the LSTM's embedding gets --dropout. use_cudnn (LSTM only): Keras picks
+    the cuDNN kernel when a GPU is present ("auto"); False keeps the portable kernel, which
+    exports need (cuDNN ops have no CPU implementation).
     """
+    whole_texts = not causal if whole_texts is None else whole_texts
     config.validate()
     if config.model == "transformer":
         return build_transformer_backbone(
@@ -38,6 +42,7 @@ def build_backbone(config, causal, use_cudnn="auto"):
         bidirectional=not causal,
         mask_zero=not causal,
         # Reading whole texts, an embedding dropout regularizes; an LM keeps its tested setting.
-        embedding_dropout=0.0 if causal else config.dropout,
+        # (A layer without weights: a pretrained LM's checkpoint fits either way.)
+        embedding_dropout=config.dropout if whole_texts else 0.0,
         use_cudnn=use_cudnn,
     )

@@ -33,10 +33,12 @@ def main(argv):
         from keraslm.config import load_run_config
 
         config_path = os.path.join(FLAGS.work_dir, "config.json")
-        if os.path.isfile(config_path) and load_run_config(config_path).task != "lm":
+        task = load_run_config(config_path).task if os.path.isfile(config_path) else "lm"
+        if task != "lm":
+            what = "a classifier" if task == "classify" else f"a --task={task} run"
             raise InvalidInputError(
                 f"{', '.join(given)}: {'these flags set' if len(given) > 1 else 'this flag sets'} a language model's "
-                f"decoding; --work_dir={FLAGS.work_dir} holds a classifier, so leave {'them' if len(given) > 1 else 'it'} out"
+                f"decoding; --work_dir={FLAGS.work_dir} holds {what}, so leave {'them' if len(given) > 1 else 'it'} out"
             )
     export_config = settings.from_flags(ExportConfig)
     export_config.validate()

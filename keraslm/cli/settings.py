@@ -51,6 +51,11 @@ def define_flags(cls, names=None, help_override=None, module_name=None):
             flags.DEFINE_integer(field.name, default, help_text, module_name=module_name)
         elif kind is float:
             flags.DEFINE_float(field.name, default, help_text, module_name=module_name)
+        elif kind is str and field.metadata.get("repeatable"):
+            # Repeats accumulate (a --flagfile's occurrences too); from_flags joins them with commas.
+            flags.DEFINE_multi_string(
+                field.name, [default] if default else [], f"{help_text} (repeatable)", module_name=module_name
+            )
         elif kind is str:
             flags.DEFINE_string(field.name, default, help_text, module_name=module_name)
         else:
@@ -67,6 +72,13 @@ def flag_names(cls):
 def from_flags(cls):
     """An instance of `cls` with every setting taken from the parsed flags."""
     hints = typing.get_type_hints(cls)
-    values = {field.name: FLAGS[field.name].value for field in _flag_fields(cls)}
+    values = {field.name: _value(field) for field in _flag_fields(cls)}
     values.update({field.name: from_flags(hints[field.name]) for field in _sections(cls)})
     return cls(**values)
+
+
+def _value(field):
+    value = FLAGS[field.name].value
+    if field.metadata.get("repeatable"):
+        return ",".join(value or [])
+    return value

@@ -3,6 +3,8 @@
   keraslm-train --flagfile=configs/tinyshakespeare_char.flags
   keraslm-train --train_data=my.txt --model=lstm --work_dir=runs/my --export_dir=saved_models/my
   keraslm-train --task=classify --train_data=reviews.csv --work_dir=runs/reviews --export_dir=saved_models/reviews
+  keraslm-train --task=mlm --train_data=unlabelled.jsonl.gz --work_dir=runs/pretrained
+  keraslm-train --task=classify --init_from=runs/pretrained --train_data=reviews.csv --work_dir=runs/fine_tuned
 """
 
 from absl import flags
@@ -32,10 +34,18 @@ def main(argv):
         raise InvalidInputError("--work_dir is required: the directory for checkpoints and logs (rerun to resume)")
     config = config_from_flags()
     config.validate()
+    if FLAGS.export_dir and config.task == "mlm":
+        raise InvalidInputError(
+            "--export_dir: a --task=mlm run pretrains an encoder and has no serving signature to export; drop "
+            "--export_dir, then fine-tune it with keraslm-train --task=classify --init_from=<this --work_dir>"
+        )
     # Imported after flag checks: TensorFlow takes seconds to load.
     from keraslm import export, training
 
-    result = training.train(config, FLAGS.work_dir)
+    # With --init_from, a setting given here that the pretraining run set otherwise is an error;
+    # one left at its default is taken from that run.
+    explicit = {name for name in FLAGS if FLAGS[name].present}
+    result = training.train(config, FLAGS.work_dir, explicit=explicit)
     if result.steps_run:
         timing = f"{result.wall_seconds:.1f} s wall, {result.ms_per_step:.1f} ms/step over {result.steps_run} steps"
     else:

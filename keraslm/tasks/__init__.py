@@ -4,7 +4,9 @@ A task owns its dataset from files, its head, loss and metrics, what it evaluate
 module (signatures); backbones (keraslm.backbones) and the training loop (keraslm.training) are
 shared. Every task implements:
 
-  name, throughput_unit          "lm" / "classify"; what a step's work is counted in
+  name, throughput_unit          "lm" / "mlm" / "classify"; what a step's work is counted in
+  exportable                     whether export_module makes a SavedModel (mlm: pretraining only)
+  resolve(config)                sets the settings the task decides (mlm: the [MASK] id) before reading
   read(config)                   -> corpora: the files, checked (errors name file and line)
   tokenizer_text(corpora)        -> the text a new run's tokenizer learns from
   labels(corpora)                -> the class names ([] for tasks without classes)
@@ -21,8 +23,9 @@ shared. Every task implements:
 from keraslm.errors import InvalidInputError
 from keraslm.tasks.classify import ClassifyTask
 from keraslm.tasks.lm import LanguageModelTask
+from keraslm.tasks.mlm import MaskedLanguageModelTask
 
-_TASKS = {task.name: task for task in (LanguageModelTask, ClassifyTask)}
+_TASKS = {task.name: task for task in (LanguageModelTask, MaskedLanguageModelTask, ClassifyTask)}
 
 
 def get_task(name):

@@ -41,9 +41,21 @@ class ClassifyTask:
     name = "classify"
     # What a training step counts in the throughput record.
     throughput_unit = "examples"
+    exportable = True
+
+    def resolve(self, config):
+        """Settings the task decides before reading: none. The backbone is bidirectional unless
+        --init_from set --causal from a causal LM (keraslm.pretrained)."""
+        del config
 
     def read(self, config):
         train = config.train
+        paths = [path.strip() for path in train.train_data.split(",") if path.strip()]
+        if len(paths) > 1:
+            raise InvalidInputError(
+                f"--train_data={train.train_data}: --task=classify reads one table, not {len(paths)} files (a repeated "
+                "--train_data adds to a --flagfile's); merge them into one file, or give only one"
+            )
         table = tables.read_table(train.train_data, "--train_data", train.text_column, train.label_column)
         labels = tables.label_vocabulary(table)  # At least two classes, before anything is written.
         if train.valid_data:
@@ -71,12 +83,14 @@ class ClassifyTask:
     def prepare(self, config, tokenizer, corpora, say):
         label_names = config.labels
         length = config.model.sequence_length
-        train_ids, train_cut = tables.tokenize_texts(tokenizer, corpora.train.texts, length)
-        valid_ids, valid_cut = tables.tokenize_texts(tokenizer, corpora.valid.texts, length)
+        truncation = config.model.truncation
+        train_ids, train_cut = tables.tokenize_texts(tokenizer, corpora.train.texts, length, truncation=truncation)
+        valid_ids, valid_cut = tables.tokenize_texts(tokenizer, corpora.valid.texts, length, truncation=truncation)
         if train_cut or valid_cut:
+            kept = "their first tokens kept" if truncation == "head" else "their first quarter and last three quarters kept"
             say(
                 f"keraslm: {train_cut:,} training and {valid_cut:,} validation texts are longer than "
-                f"--sequence_length={length} tokens and were truncated"
+                f"--sequence_length={length} tokens and were truncated ({kept}; --truncation={truncation})"
             )
         valid_flag = "--valid_data" if config.train.valid_data else "--train_data"
         return Prepared(
@@ -92,8 +106,11 @@ class ClassifyTask:
         )
 
     def build_model(self, config, use_cudnn="auto"):
-        backbone = build_backbone(config.model, causal=False, use_cudnn=use_cudnn)
-        return build_classifier(backbone, len(config.labels), dropout=config.model.dropout)
+        # Bidirectional, unless fine-tuned from a causal language model (keraslm.pretrained):
+        # a backbone keeps the direction it was pretrained in.
+        causal = bool(config.model.causal)
+        backbone = build_backbone(config.model, causal=causal, use_cudnn=use_cudnn, whole_texts=True)
+        return build_classifier(backbone, len(config.labels), dropout=config.model.dropout, causal=causal)
 
     def compile_args(self, config):
         del config

@@ -35,12 +35,18 @@ class LanguageModelTask:
     name = "lm"
     # What the throughput record counts: tokens predicted per second.
     throughput_unit = "tokens"
+    exportable = True
+
+    def resolve(self, config):
+        """Settings the task decides before reading: none (the backbone is always causal)."""
+        del config
 
     def read(self, config):
-        train_text = data.read_text_file(config.train.train_data, "--train_data")
-        if config.train.valid_data:
-            return Corpora(train_text, data.read_text_file(config.train.valid_data, "--valid_data"))
-        return Corpora(*data.split_for_validation(train_text, config.train.valid_fraction))
+        train = config.train
+        train_text = data.read_corpus(train.train_data, "--train_data", train.text_column)
+        if train.valid_data:
+            return Corpora(train_text, data.read_corpus(train.valid_data, "--valid_data", train.text_column))
+        return Corpora(*data.split_for_validation(train_text, train.valid_fraction))
 
     def tokenizer_text(self, corpora):
         return corpora.train_text
@@ -63,7 +69,7 @@ class LanguageModelTask:
         return f"{len(prepared.train_ids):,} training and {len(prepared.valid_ids):,} validation tokens"
 
     def build_model(self, config, use_cudnn="auto"):
-        backbone = build_backbone(config.model, causal=True, use_cudnn=use_cudnn)
+        backbone = build_backbone(config.model, causal=True, use_cudnn=use_cudnn, whole_texts=False)
         return build_language_model(backbone, config.model.vocabulary_size)
 
     def compile_args(self, config):
