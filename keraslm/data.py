@@ -5,15 +5,14 @@ says where. Training windows are a pure function of (seed, step), so a resumed r
 the batches the interrupted run would have seen.
 """
 
-import gzip
 import os
-import zlib
 
 import numpy as np
 import tensorflow as tf
 
 from keraslm import tables
-from keraslm.errors import InputNotFoundError, InvalidInputError
+from keraslm.errors import InvalidInputError
+from keraslm.files import read_utf8
 from keraslm.tokenizers import text_chunks
 
 # nanoGPT's convention: without --valid_data, the last 10% of the text is held out.
@@ -22,33 +21,7 @@ VALIDATION_FRACTION = 0.1
 
 def read_text_file(path, flag="--train_data"):
     """Returns the whole file as str, or raises an error naming the flag, file and position."""
-    if not path:
-        raise InvalidInputError(f"{flag} is empty; give the path of a UTF-8 text file")
-    if not os.path.exists(path):
-        raise InputNotFoundError(f"{flag}={path}: no such file; check the path")
-    if os.path.isdir(path):
-        raise InvalidInputError(f"{flag}={path} is a directory; give a UTF-8 text file inside it")
-    try:
-        with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as file:
-            data = file.read()
-    except (OSError, EOFError, zlib.error) as error:
-        if path.endswith(".gz") and not isinstance(error, PermissionError):
-            raise InvalidInputError(
-                f"{flag}={path}: not a complete gzip file ({error}); re-create it with gzip, or drop the .gz ending "
-                "if it is not compressed"
-            ) from None
-        raise InvalidInputError(f"{flag}={path}: cannot read ({getattr(error, 'strerror', None) or error})") from None
-    try:
-        # utf-8-sig drops the byte-order mark some Windows editors write.
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
-        raise InvalidInputError(
-            f"{flag}={path}: line {line}, column {column} (byte offset {error.start}): byte "
-            f"0x{data[error.start]:02x} is not valid UTF-8; convert the file to UTF-8 "
-            f"(e.g. iconv -f latin1 -t utf-8)"
-        ) from None
+    text = read_utf8(path, flag, "a UTF-8 text file")
     if not text.strip():
         raise InvalidInputError(f"{flag}={path} is empty (no text besides whitespace); give a file with text")
     return text

@@ -1,7 +1,44 @@
-"""Facts about processes and file systems that staging and crash recovery rely on, and atomic writes."""
+"""Facts about processes and file systems that staging and crash recovery rely on, atomic writes,
+and reading users' input files with errors that name the flag, file and position."""
 
 import errno
+import gzip
 import os
+import zlib
+
+from keraslm.errors import InputNotFoundError, InvalidInputError
+
+
+def read_utf8(path, flag, what):
+    """The whole file (gunzipped if its name ends in .gz) as str; `what` names the kind of file
+    wanted in the errors ("a UTF-8 text file"), which name the flag, file and position."""
+    if not path:
+        raise InvalidInputError(f"{flag} is empty; give the path of {what}")
+    if not os.path.exists(path):
+        raise InputNotFoundError(f"{flag}={path}: no such file; check the path")
+    if os.path.isdir(path):
+        raise InvalidInputError(f"{flag}={path} is a directory; give {what} inside it")
+    try:
+        with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as file:
+            data = file.read()
+    except (OSError, EOFError, zlib.error) as error:
+        if path.endswith(".gz") and not isinstance(error, PermissionError):
+            raise InvalidInputError(
+                f"{flag}={path}: not a complete gzip file ({error}); re-create it with gzip, or drop the .gz ending "
+                "if it is not compressed"
+            ) from None
+        raise InvalidInputError(f"{flag}={path}: cannot read ({getattr(error, 'strerror', None) or error})") from None
+    try:
+        # utf-8-sig drops the byte-order mark some Windows editors write.
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise InvalidInputError(
+            f"{flag}={path}: line {line}, column {column} (byte offset {error.start}): byte "
+            f"0x{data[error.start]:02x} is not valid UTF-8; convert the file to UTF-8 "
+            f"(e.g. iconv -f latin1 -t utf-8)"
+        ) from None
 
 
 def pid_alive(pid):

@@ -8,17 +8,16 @@ naming the flag, the file and the line. The format comes from the file name: `.c
 
 import csv
 import dataclasses
-import gzip
 import io
 import json
 import os
 import re
 import sys
-import zlib
 
 import numpy as np
 
-from keraslm.errors import InputNotFoundError, InvalidInputError
+from keraslm.errors import InvalidInputError
+from keraslm.files import read_utf8
 
 FORMATS = ("csv", "tsv", "jsonl")
 # Column names tried, in order, when --text_column is empty.
@@ -46,32 +45,6 @@ def table_format(path, flag):
             f"{flag}={path}: cannot tell the format from the name; use a .csv, .tsv or .jsonl file (optionally .gz)"
         )
     return extension
-
-
-def _open_text(path, flag):
-    if not path:
-        raise InvalidInputError(f"{flag} is empty; give the path of a CSV, TSV or JSONL file")
-    if not os.path.exists(path):
-        raise InputNotFoundError(f"{flag}={path}: no such file; check the path")
-    if os.path.isdir(path):
-        raise InvalidInputError(f"{flag}={path} is a directory; give a CSV, TSV or JSONL file")
-    try:
-        with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as file:
-            data = file.read()
-    except (OSError, EOFError, zlib.error) as error:
-        if path.endswith(".gz") and not isinstance(error, PermissionError):
-            raise InvalidInputError(
-                f"{flag}={path}: not a complete gzip file ({error}); re-create it with gzip, or drop the .gz ending "
-                "if it is not compressed"
-            ) from None
-        raise InvalidInputError(f"{flag}={path}: cannot read ({getattr(error, 'strerror', None) or error})") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise InvalidInputError(
-            f"{flag}={path}: line {line}: byte 0x{data[error.start]:02x} is not valid UTF-8; convert the file to UTF-8"
-        ) from None
 
 
 def _label_string(value, where):
@@ -109,7 +82,7 @@ def _pick_text_column(columns, text_column, label_column, where):
 def read_table(path, flag="--train_data", text_column="", label_column=DEFAULT_LABEL_COLUMN, labelled=True):
     """Reads every example of a CSV/TSV/JSONL(.gz) file; labelled=False reads only the text column."""
     kind = table_format(path, flag)
-    content = _open_text(path, flag)
+    content = read_utf8(path, flag, "a CSV, TSV or JSONL file")
     where = f"{flag}={path}"
     texts, labels, lines = [], [], []
 

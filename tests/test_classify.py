@@ -261,7 +261,7 @@ BAD_INPUT = {
         "--valid_data={d}/unseen_label.csv: line 9: label 'meh' does not occur in the training data (labels: neg, pos)",
     ),
     "single class": (["--train_data={d}/one_class.csv"], "every example has the label 'pos'; a classifier needs at least two classes"),
-    "not utf-8": (["--train_data={d}/latin1.csv"], "--train_data={d}/latin1.csv: line 3: byte 0xe9 is not valid UTF-8"),
+    "not utf-8": (["--train_data={d}/latin1.csv"], "--train_data={d}/latin1.csv: line 3, column 4 (byte offset 28): byte 0xe9 is not valid UTF-8"),
     "jsonl line not an object": (["--train_data={d}/array.jsonl"], "--train_data={d}/array.jsonl: line 2 is a JSON array, not an object"),
     "two training files": (["--train_data={d}/good.csv,{d}/ragged.tsv"], "--task=classify reads one table, not 2 files"),
     "cannot tell the text column": (["--train_data={d}/other_columns.csv"], "cannot tell which column holds the text (columns: comment, stars, label); pass --text_column"),

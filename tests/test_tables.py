@@ -77,7 +77,7 @@ def test_bad_tables_name_the_file_and_line(tmp_path, name, content, expected):
 
 def test_a_byte_that_is_not_utf8_names_its_line(tmp_path):
     path = _write(tmp_path / "b.csv", b"label,text\n1,fine\n0,caf\xe9\n")
-    with pytest.raises(InvalidInputError, match=r"line 3: byte 0xe9 is not valid UTF-8"):
+    with pytest.raises(InvalidInputError, match=r"line 3, column 6 \(byte offset 23\): byte 0xe9 is not valid UTF-8"):
         tables.read_table(path, "--valid_data")
 
 
