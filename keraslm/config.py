@@ -96,7 +96,7 @@ class ModelConfig:
     model: str = setting(
         "transformer",
         "Backbone: transformer (keras-nlp decoder for --task=lm, encoder for --task=classify) or lstm "
-        "(bidirectional for --task=classify).",
+        "(bidirectional for --task=classify, unless fine-tuned from a causal --task=lm run).",
         choices=MODELS,
     )
     # Filled in from the trained tokenizer; models never see the tokenizer itself.
@@ -169,7 +169,9 @@ class TrainConfig:
         0.1, "Without --valid_data: the share of --train_data held out for validation, in (0, 1)."
     )
     text_column: str = setting(
-        "", "--task=classify: the column (field) holding the text. Empty: text, sentence, review, content or document."
+        "",
+        "The column (field) holding the text of a CSV/TSV/JSONL file (for --task=lm and mlm, the text they read). "
+        "Empty: text, sentence, review, content or document.",
     )
     label_column: str = setting("label", "--task=classify: the column (field) holding the label (strings or integers).")
     init_from: str = setting(

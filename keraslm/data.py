@@ -82,8 +82,10 @@ def tokenize_text(tokenizer, text):
 def check_long_enough(ids, sequence_length, what, path):
     """A language-model window needs sequence_length + 1 tokens."""
     if len(ids) < sequence_length + 1:
+        # "--train_data=a.txt" for a flag, "validation text a.txt" otherwise.
+        source = f"{what}={path}" if what.startswith("--") else f"{what} {path}"
         raise InvalidInputError(
-            f"{what} {path} has {len(ids)} tokens, fewer than --sequence_length={sequence_length} + 1; "
+            f"{source} has {len(ids)} tokens, fewer than --sequence_length={sequence_length} + 1; "
             "use a longer text or a smaller --sequence_length"
         )
 

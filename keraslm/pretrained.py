@@ -5,19 +5,21 @@ unidirectional LSTM) is a work directory like any other. Fine-tuning takes from 
 - its tokenizer and model settings (the backbone's shapes depend on them): a setting given on
   the command line that differs is a one-line error naming both values. What fine-tuning may
   change: --dropout, --truncation, and an LSTM's --sequence_length (its weights do not depend on
-  it: an LM pretrained on 64-token windows classifies 256-token reviews);
+  it: an LM pretrained on 64-token windows classifies 256-token reviews; not given, it is the
+  pretraining run's). Settings the backbone does not read (an LSTM's --num_heads) are ignored;
 - the direction: a causal LM's backbone stays causal (Dai & Le 2015), an MLM encoder bidirectional;
 - its tokenizer directory, copied into the new run;
 - the backbone weights of its newest readable checkpoint, restored under the task's new head.
 """
 
 import dataclasses
+import filecmp
 import os
 import shutil
 
 import tensorflow as tf
 
-from keraslm import checkpoints
+from keraslm import checkpoints, run_log
 from keraslm.config import PRETRAINING_TASKS, RunConfig, load_run_config
 from keraslm.errors import InputNotFoundError, InvalidInputError
 from keraslm.work_dir import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_DIR
@@ -42,6 +44,11 @@ def fine_tuning_settings(model):
     if model == "lstm":
         names.add("sequence_length")
     return names
+
+
+def unused_settings(model):
+    """Model settings the backbone does not read: given or not, they cannot conflict."""
+    return {"num_heads", "intermediate_dim"} if model == "lstm" else set()
 
 
 def load_pretrained_run(init_from, say=print):
@@ -83,6 +90,13 @@ def _read_backbone(pretrained, say):
     where = f"--init_from={pretrained.work_dir}"
     checkpoint_dir = os.path.join(pretrained.work_dir, CHECKPOINT_DIR)
     if not checkpoints.checkpoint_files(checkpoint_dir):
+        recorded = run_log.recorded_steps(pretrained.work_dir)
+        if recorded:
+            raise InvalidInputError(
+                f"{where}: its {run_log.METRICS_FILE} records evaluations up to step {max(recorded)} but its "
+                f"{CHECKPOINT_DIR}/ holds no checkpoint; the pretrained weights are gone: restore {CHECKPOINT_DIR}/ "
+                "from a backup, or pretrain again"
+            )
         raise InvalidInputError(
             f"{where} has no checkpoint yet: it writes its first at its first evaluation (--eval_interval); "
             "wait for it, or train it first"
@@ -111,24 +125,48 @@ def adopt_settings(config, pretrained_config, explicit=None):
     """
     init_from = config.train.init_from
     keep = fine_tuning_settings(pretrained_config.model.model)
+    unused = unused_settings(pretrained_config.model.model)
+
+    def given(field, value):
+        return field.name in explicit if explicit is not None else value != field.default
+
     for section in ("tokenizer", "model"):
         mine, theirs = getattr(config, section), getattr(pretrained_config, section)
         for field in dataclasses.fields(mine):
-            if not field.metadata.get("flag") or field.name in keep:
+            if not field.metadata.get("flag") or field.name in keep or field.name in unused:
                 continue
             value, pretrained_value = getattr(mine, field.name), getattr(theirs, field.name)
-            given = field.name in explicit if explicit is not None else value != field.default
-            if given and value != pretrained_value:
+            if given(field, value) and value != pretrained_value:
                 raise InvalidInputError(
                     f"--{field.name}={value} conflicts with --{field.name}={pretrained_value} of the pretraining run "
                     f"--init_from={init_from}; a fine-tuned backbone keeps its pretraining's model and tokenizer "
                     f"settings, so drop --{field.name} (or pretrain again with it)"
                 )
-    fine_tuning = {name: getattr(config.model, name) for name in keep}
+    # What fine-tuning may change is the user's; an LSTM's sequence length not given stays the
+    # pretraining run's, like every other model setting.
+    fields = {field.name: field for field in dataclasses.fields(config.model)}
+    fine_tuning = {
+        name: getattr(config.model, name)
+        for name in keep
+        if name != "sequence_length" or given(fields[name], config.model.sequence_length)
+    }
     config.tokenizer = dataclasses.replace(pretrained_config.tokenizer)
     config.model = dataclasses.replace(
         pretrained_config.model, causal=pretrained_config.task == "lm", **fine_tuning
     )
+
+
+def check_same_tokenizer(pretrained, directory, where, saved):
+    """Refuses a pretraining run whose tokenizer is not the one in `directory` (a fine-tuning
+    run's copy): its backbone would read other tokens than the ids say."""
+    mine = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+    theirs = sorted(os.listdir(pretrained.tokenizer_dir))
+    _, mismatch, errors = filecmp.cmpfiles(directory, pretrained.tokenizer_dir, theirs, shallow=False)
+    if mine != theirs or mismatch or errors:
+        raise InvalidInputError(
+            f"--init_from={pretrained.work_dir}: its tokenizer is not the one {where} was started with "
+            f"(from --init_from={saved.train.init_from}); give --init_from={saved.train.init_from}, or use a new --work_dir"
+        )
 
 
 def copy_tokenizer(pretrained, directory):

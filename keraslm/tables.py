@@ -179,7 +179,8 @@ def read_table(path, flag="--train_data", text_column="", label_column=DEFAULT_L
                 ) from None
             raise InvalidInputError(f"{where}: line {reader.line_num}: {error}") from None
     if not texts:
-        raise InvalidInputError(f"{where} has no examples; it needs at least one row below the header")
+        needs = "one JSON object on a line" if kind == "jsonl" else "one row below the header"
+        raise InvalidInputError(f"{where} has no examples; it needs at least {needs}")
     return Table(path, texts, labels, lines)
 
 

@@ -152,6 +152,10 @@ def _prepare_work_dir(directory, config, task, corpora, say, pretrained=None):
                 "file, or use a new --work_dir"
             )
         staging = None
+        if pretrained:
+            # Killed before its first checkpoint: the backbone still comes from --init_from, which
+            # must be the run whose tokenizer was copied here (token ids index its embedding).
+            pretrained_lib.check_same_tokenizer(pretrained, directory.file(TOKENIZER_DIR), directory.display, saved)
     else:
         staging = directory.staging_dir()
         if pretrained:
@@ -295,6 +299,17 @@ def train(config: RunConfig, work_dir, verbose=True, explicit=None):
         return _train_in(directory, config, task, corpora, started, verbose, pretrained)
 
 
+def _check_freeze_on_resume(directory, saved, freeze_steps, step):
+    """A resumed run whose backbone was already unfrozen cannot freeze it again: the head-only
+    phase is meant to come before any backbone update, not in the middle of fine-tuning."""
+    if saved and step > saved.train.freeze_steps and freeze_steps > step:
+        raise InvalidInputError(
+            f"--freeze_steps={freeze_steps}: the run in {directory.display} is at step {step} and has trained its "
+            f"backbone since step {saved.train.freeze_steps} (its --freeze_steps); a backbone cannot be frozen again, "
+            f"so give --freeze_steps={saved.train.freeze_steps} (or at most {step}), or use a new --work_dir"
+        )
+
+
 def _set_backbone_trainable(model, backbone, trainable):
     """--freeze_steps: the backbone joins (or leaves) training; the step function is rebuilt, as
     it reads the trainable variables when it is traced."""
@@ -332,6 +347,7 @@ def _train_in(directory, config, task, corpora, started, verbose, pretrained=Non
     if restored_step and int(steps_taken.numpy()) == 0:
         # A checkpoint from before steps_taken existed: the optimizer counted the steps.
         steps_taken.assign(int(model.optimizer.iterations))
+    _check_freeze_on_resume(directory, saved, config.train.freeze_steps, int(steps_taken.numpy()))
     manager = tf.train.CheckpointManager(checkpoint, directory.file(CHECKPOINT_DIR), max_to_keep=3)
     step = int(steps_taken.numpy())
     log = RunLog(directory.path, step, loss_unit=task.throughput_unit.rstrip("s"))

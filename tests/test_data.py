@@ -110,5 +110,5 @@ def test_evaluation_covers_the_held_out_text_in_order():
 
 
 def test_too_short_for_a_window_names_the_flag():
-    with pytest.raises(InvalidInputError, match=r"--train_data data.txt has 10 tokens.*--sequence_length=64"):
+    with pytest.raises(InvalidInputError, match=r"--train_data=data.txt has 10 tokens.*--sequence_length=64"):
         data.check_long_enough(np.arange(10), 64, "--train_data", "data.txt")

@@ -261,3 +261,72 @@ def test_a_damaged_pretraining_run_is_refused_before_anything_is_written(pretrai
     assert f"--init_from={copy}: none of its checkpoints can be read" in message and "\n" not in message
     assert "the pretraining run is damaged" in message
     assert not work_dir.exists()
+
+
+def test_an_lstm_fine_tune_keeps_its_lms_length_and_ignores_settings_an_lstm_does_not_read(pretrained, toy, tmp_path):
+    from keraslm import training
+    from keraslm.config import ModelConfig, RunConfig, TrainConfig
+
+    train = TrainConfig(
+        train_data=str(toy / "train.csv"), init_from=str(pretrained["lm"]), batch_size=16, train_steps=10,
+        eval_interval=10,
+    )
+    # --num_heads and --intermediate_dim differ from the LM's (defaults) but an LSTM reads neither.
+    config = RunConfig(task="classify", model=ModelConfig(num_heads=2, intermediate_dim=64), train=train)
+    training.train(config, str(tmp_path / "run"), verbose=False, explicit={"num_heads", "intermediate_dim"})
+    model = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    assert model["sequence_length"] == 32  # The LM's, not the default 64: not given, so not changed.
+
+
+def test_a_changed_init_from_must_have_the_tokenizer_the_run_copied(pretrained, toy, tmp_path):
+    """Killed before its first checkpoint, a fine-tuning run restarts from --init_from; a run with
+    another tokenizer would put its embedding rows under the wrong tokens, so it is refused."""
+    import shutil
+
+    from keraslm.errors import InvalidInputError
+
+    work_dir, other = tmp_path / "fine_tuned", tmp_path / "other_lm"
+    _fine_tune_in_process(toy, pretrained["lm"], work_dir, 10)
+    shutil.rmtree(work_dir / "checkpoints")  # As if killed before the first checkpoint.
+    (work_dir / "metrics.json").unlink()
+    shutil.copytree(pretrained["lm"], other)
+    spec = json.loads((other / "tokenizer" / "tokenizer.json").read_text())
+    spec["lowercase"] = not spec.get("lowercase", False)
+    (other / "tokenizer" / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(InvalidInputError) as raised:
+        _fine_tune_in_process(toy, other, work_dir, 10)
+    assert f"--init_from={other}: its tokenizer is not the one" in str(raised.value)
+    assert f"give --init_from={pretrained['lm']}" in str(raised.value)
+    # The run's own pretraining run is still accepted.
+    assert _fine_tune_in_process(toy, pretrained["lm"], work_dir, 10).step == 10
+
+
+def test_a_pretraining_run_without_its_checkpoints_says_they_are_gone(pretrained, toy, tmp_path):
+    import shutil
+
+    from keraslm.errors import InvalidInputError
+
+    copy = tmp_path / "lm_copy"
+    shutil.copytree(pretrained["lm"], copy)
+    shutil.rmtree(copy / "checkpoints")
+    with pytest.raises(InvalidInputError, match=r"records evaluations up to step 60 but its checkpoints/ holds no"):
+        _fine_tune_in_process(toy, copy, tmp_path / "fine_tuned", 10)
+    assert not (tmp_path / "fine_tuned").exists()
+
+
+def test_a_backbone_is_not_frozen_again_on_resume(pretrained, toy, tmp_path):
+    from keraslm import training
+    from keraslm.config import ModelConfig, RunConfig, TrainConfig
+    from keraslm.errors import InvalidInputError
+
+    def fine_tune(steps, freeze_steps):
+        train = TrainConfig(
+            train_data=str(toy / "train.csv"), init_from=str(pretrained["lm"]), batch_size=16, train_steps=steps,
+            eval_interval=10, freeze_steps=freeze_steps,
+        )
+        return training.train(RunConfig(task="classify", model=ModelConfig(), train=train), str(tmp_path / "run"), verbose=False)
+
+    assert fine_tune(10, 5).step == 10
+    with pytest.raises(InvalidInputError, match=r"--freeze_steps=15: the run in .* is at step 10 and has trained its backbone since step 5"):
+        fine_tune(20, 15)
+    assert fine_tune(20, 5).step == 20
