@@ -10,6 +10,10 @@ checkpoint is made under a temporary directory, and `keraslm-train --flagfile=PR
 --init_from=<copy>` fine-tunes from it into a fresh work directory; the accuracy is the fine-tuned
 run's last validation accuracy (the preset's held-out data, as training measured it). Pretraining
 figures (tokens/s per segment) come from the pretraining run's metrics.json.
+
+--from_scratch adds the baseline at the same budget: the preset's data, steps, batch and schedule
+with no --init_from, the pretraining run's model and tokenizer settings (a tokenizer trained on the
+classifier's own training text; the LSTM bidirectional, the from-scratch default).
 """
 
 import argparse
@@ -33,6 +37,7 @@ def parse_args():
     parser.add_argument("--pretrained", required=True, help="The pretraining run's work directory.")
     parser.add_argument("--preset", required=True, help="A fine-tuning --flagfile preset (--task=classify --init_from=...).")
     parser.add_argument("--steps", default="", help="Comma-separated pretraining checkpoints to start from; empty: every kept one.")
+    parser.add_argument("--from_scratch", action="store_true", help="Also train the same classifier without pretraining.")
     parser.add_argument("--note", default="", help="A sentence for BENCHMARKS.md.")
     parser.add_argument("--no_write", action="store_true", help="Print only; do not append to BENCHMARKS.md.")
     return parser.parse_args()
@@ -54,9 +59,20 @@ def copy_ending_at(pretrained, step, destination):
         file.write(f'model_checkpoint_path: "ckpt-{step}"\nall_model_checkpoint_paths: "ckpt-{step}"\n')
 
 
-def fine_tune(preset, init_from, work_dir):
+def scratch_flags(config):
+    """The pretraining run's model and tokenizer settings, for a classifier trained without it."""
+    model, tokenizer = config["model"], config["tokenizer"]
+    return [
+        "--init_from=", "--freeze_steps=0", f"--model={model['model']}", f"--num_layers={model['num_layers']}",
+        f"--hidden_dim={model['hidden_dim']}", f"--tokenizer={tokenizer['tokenizer']}",
+        f"--vocabulary_size={tokenizer['vocabulary_size']}", f"--lowercase={tokenizer['lowercase']}",
+        f"--strip_markup={tokenizer['strip_markup']}",
+    ]
+
+
+def fine_tune(preset, init_flags, work_dir):
     command = [
-        sys.executable, "-m", "keraslm.cli.train", f"--flagfile={preset}", f"--init_from={init_from}",
+        sys.executable, "-m", "keraslm.cli.train", f"--flagfile={preset}", *init_flags,
         f"--work_dir={work_dir}", "--export_dir=",
     ]
     started = time.perf_counter()
@@ -79,10 +95,15 @@ def main():
     steps = [int(step) for step in args.steps.split(",")] if args.steps else kept_steps(pretrained)
     rows = []
     with tempfile.TemporaryDirectory(prefix="keraslm-bench-") as temporary:
+        if args.from_scratch:
+            records, wall = fine_tune(args.preset, scratch_flags(config), os.path.join(temporary, "from_scratch"))
+            curve = ", ".join(f"{record['step']}: {record['val_accuracy']:.4f}" for record in records)
+            rows.append(f"| 0 (from scratch) | 0 | | | **{records[-1]['val_accuracy']:.4f}** | {curve} | {wall:.0f} s |")
+            print(rows[-1], flush=True)
         for step in steps:
             copy = os.path.join(temporary, f"pretrained-{step}")
             copy_ending_at(pretrained, step, copy)
-            records, wall = fine_tune(args.preset, copy, os.path.join(temporary, f"fine_tuned-{step}"))
+            records, wall = fine_tune(args.preset, [f"--init_from={copy}"], os.path.join(temporary, f"fine_tuned-{step}"))
             pretrained_record = next(record for record in pretraining if record["step"] == step)
             curve = ", ".join(f"{record['step']}: {record['val_accuracy']:.4f}" for record in records)
             rows.append(
