@@ -34,7 +34,7 @@ CASES = {
     ),
     "sequence longer than corpus": (
         ["--train_data={d}/short.txt", "--sequence_length=64"],
-        "--train_data {d}/short.txt has 45 tokens, fewer than --sequence_length=64 + 1",
+        "--train_data={d}/short.txt has 45 tokens, fewer than --sequence_length=64 + 1",
     ),
     "validation text too short": (
         ["--train_data={d}/good.txt", "--valid_data={d}/short.txt", "--sequence_length=64"],
