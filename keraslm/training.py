@@ -117,6 +117,16 @@ def build_compiled_model(config, task=None):
     return model
 
 
+def _check_vocabulary(tokenizer, model, where, whose):
+    """A run's tokenizer/ must be the one its config.json was trained with (plus extra_ids)."""
+    expected = model.vocabulary_size - model.extra_ids
+    if tokenizer.vocabulary_size != expected:
+        raise InvalidInputError(
+            f"{where}: {TOKENIZER_DIR}/ has {tokenizer.vocabulary_size} tokens but {whose}{CONFIG_FILE} was trained "
+            f"with {expected}; put the run's own {TOKENIZER_DIR}/ back"
+        )
+
+
 def _prepare_work_dir(directory, config, task, corpora, say, pretrained=None):
     """Loads (resume), copies (--init_from) or trains (new run) the tokenizer; tokenizes the corpora.
 
@@ -127,11 +137,7 @@ def _prepare_work_dir(directory, config, task, corpora, say, pretrained=None):
     saved = directory.saved_config(config)
     if saved:
         tokenizer = load_tokenizer(directory.file(TOKENIZER_DIR))
-        if tokenizer.vocabulary_size + saved.model.extra_ids != saved.model.vocabulary_size:
-            raise InvalidInputError(
-                f"{directory.display}: {TOKENIZER_DIR}/ has {tokenizer.vocabulary_size} tokens but {CONFIG_FILE} was "
-                f"trained with {saved.model.vocabulary_size - saved.model.extra_ids}; put the run's own {TOKENIZER_DIR}/ back"
-            )
+        _check_vocabulary(tokenizer, saved.model, directory.display, "")
         changed = [
             f"--{name}={getattr(config.train, name)} (was {getattr(saved.train, name) or 'empty'})"
             for name in ("train_data", "valid_data", "valid_fraction")
@@ -161,12 +167,7 @@ def _prepare_work_dir(directory, config, task, corpora, say, pretrained=None):
         if pretrained:
             pretrained_lib.copy_tokenizer(pretrained, os.path.join(staging, TOKENIZER_DIR))
             tokenizer = load_tokenizer(os.path.join(staging, TOKENIZER_DIR))
-            expected = pretrained.config.model.vocabulary_size - pretrained.config.model.extra_ids
-            if tokenizer.vocabulary_size != expected:
-                raise InvalidInputError(
-                    f"--init_from={pretrained.work_dir}: {TOKENIZER_DIR}/ has {tokenizer.vocabulary_size} tokens but its "
-                    f"{CONFIG_FILE} was trained with {expected}; put the run's own {TOKENIZER_DIR}/ back"
-                )
+            _check_vocabulary(tokenizer, pretrained.config.model, f"--init_from={pretrained.work_dir}", "its ")
         else:
             tokenizer = train_tokenizer(config.tokenizer, task.tokenizer_text(corpora), os.path.join(staging, TOKENIZER_DIR))
     config.model.vocabulary_size = tokenizer.vocabulary_size + config.model.extra_ids
