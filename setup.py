@@ -14,6 +14,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["keraslm", "keraslm.*"]),
+    package_data={"keraslm.serving": ["playground.html"]},
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "tensorflow-text==2.21.1",
@@ -24,6 +25,11 @@ setup(
         "tensorboard>=2.20",
         # Loss-curve PNG in the work directory.
         "matplotlib>=3.8",
+        # keraslm-serve: TF Serving's protos and gRPC stubs (moves with TensorFlow), and an
+        # async HTTP stack for the REST API.
+        "tensorflow-serving-api>=2.21,<2.22",
+        "starlette>=0.40",
+        "uvicorn>=0.30",
     ],
     extras_require={"test": ["pytest>=8"]},
     entry_points={
@@ -33,6 +39,7 @@ setup(
             "keraslm-generate=keraslm.cli.generate:run",
             "keraslm-evaluate=keraslm.cli.evaluate:run",
             "keraslm-classify=keraslm.cli.classify:run",
+            "keraslm-serve=keraslm.cli.serve:run",
         ]
     },
 )

@@ -275,7 +275,7 @@ class _Export:
         try:
             return function(*args, **named)
         except errors.InvalidArgumentError as error:
-            raise InvalidInputError(_assertion_message(error.message)) from None
+            raise InvalidInputError(assertion_message(error.message)) from None
 
     def _check_config(self):
         """Raises KeyError or TypeError when assets/config.json lacks what this class reads."""
@@ -497,7 +497,7 @@ _TASK_NAMES = {"lm": "language model", "classify": "text classifier"}
 _COMMANDS = {"lm": "keraslm-generate (or keraslm.load(...).generate)", "classify": "keraslm-classify (or keraslm.load(...).classify)"}
 
 
-def _assertion_message(message):
+def assertion_message(message):
     """The signature's own check message ("top_p must be in (0, 1] ...") out of TF's error text."""
     # The message may hold brackets itself ("(0, 1]"); TF follows it with " [" or a line end.
     match = re.search(r"assertion failed: \[(.*?)\](?: \[|\n|$)", message)

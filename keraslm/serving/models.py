@@ -1,0 +1,330 @@
+"""The served models: which versions are loaded, loading new ones, retiring old ones.
+
+Each model's base path holds numbered version directories (TF Serving layout). A watcher thread
+looks at every base path each --file_system_poll_wait_seconds; a version the policy wants is
+loaded in that thread while the current one keeps serving, then swapped in under a lock, so a
+request sees the old version or the new one, never neither. A retired version is closed once its
+last in-flight request is done. A version directory counts only once saved_model.pb and
+variables/variables.index are there and it loads; one that fails to load is retried when its
+files change, and the version before it keeps serving meanwhile.
+"""
+
+import json
+import os
+import sys
+import threading
+import time
+
+from keraslm.saved_model_session import SavedModelSession
+from keraslm.serving.batching import Batcher, BatchSizeStats
+from keraslm.serving.tensors import input_specs
+
+CONFIG_ASSET = "config.json"
+
+
+class NotFoundError(LookupError):
+    """An unknown model, version or label (HTTP 404, gRPC NOT_FOUND)."""
+
+
+def log(message):
+    print(f"keraslm-serve: {message}", file=sys.stderr, flush=True)
+
+
+def _fingerprint(version_dir):
+    """What changes when a version directory's files do: (name, size, mtime) of the files that matter."""
+    paths = [os.path.join(version_dir, "saved_model.pb")]
+    variables = os.path.join(version_dir, "variables")
+    if os.path.isdir(variables):
+        paths += [os.path.join(variables, name) for name in sorted(os.listdir(variables))]
+    result = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            continue
+        result.append((path, stat.st_size, stat.st_mtime_ns))
+    return tuple(result)
+
+
+def _complete(version_dir):
+    return os.path.isfile(os.path.join(version_dir, "saved_model.pb")) and os.path.isfile(
+        os.path.join(version_dir, "variables", "variables.index")
+    )
+
+
+def _keraslm_info(version_dir):
+    """The export's task, labels and decoding defaults from assets/config.json; None for others."""
+    try:
+        with open(os.path.join(version_dir, "assets", CONFIG_ASSET), encoding="utf-8") as file:
+            config = json.load(file)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    task = config.get("task", "lm")
+    export = config.get("export") or {}
+    return {
+        "task": task,
+        "labels": config.get("labels") if task == "classify" else None,
+        "defaults": {key: export.get(key) for key in ("max_new_tokens", "temperature", "max_new_tokens_limit")}
+        if task == "lm"
+        else None,
+    }
+
+
+class Servable:
+    """One loaded version: its Session, signatures and (with batching) one Batcher per signature."""
+
+    def __init__(self, name, version, path, batching, stats):
+        self.name, self.version, self.path = name, version, path
+        self.session = SavedModelSession(path)
+        if not self.session.usable:
+            self.session.close()
+            raise ValueError(
+                "its functions read weights its checkpoint does not restore (an export of keraslm before "
+                "keras-team/keras#20095 was worked around); export it again with keraslm-export"
+            )
+        self.signature_defs = self.session.signature_defs
+        self.specs = {name: input_specs(signature) for name, signature in self.signature_defs.items()}
+        self.info = _keraslm_info(path)
+        self._batching, self._stats = batching, stats
+        self._batchers = {}
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._retired = False
+        self._closed = False
+
+    def acquire(self):
+        with self._lock:
+            if self._closed:
+                return False
+            self._in_flight += 1
+            return True
+
+    def release(self):
+        with self._lock:
+            self._in_flight -= 1
+            close = self._retired and self._in_flight == 0
+        if close:
+            self._close()
+
+    def retire(self):
+        """No new requests will come: close when the in-flight ones are done."""
+        with self._lock:
+            self._retired = True
+            close = self._in_flight == 0
+        if close:
+            self._close()
+
+    def _close(self):
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for batcher in self._batchers.values():
+            batcher.close()
+        self.session.close()
+
+    @property
+    def batching(self):
+        return self._batching is not None
+
+    def call(self, signature_name, inputs):
+        """Runs a signature on this request alone: {output: array}."""
+        return self.session.signature(signature_name)(**inputs)
+
+    def submit(self, signature_name, inputs, rows):
+        """Queues a request for its signature's batcher: a concurrent.futures.Future of {output: array}."""
+        with self._lock:
+            batcher = self._batchers.get(signature_name)
+            if batcher is None:
+                function = self.session.signature(signature_name)
+                batcher = self._batchers[signature_name] = Batcher(
+                    lambda values: function(**values), self._batching, self._stats, f"{self.name}-{self.version}-{signature_name}"
+                )
+        return batcher.submit(inputs, rows)
+
+
+class _Model:
+    def __init__(self, spec):
+        self.spec = spec
+        self.loaded = {}  # version -> Servable
+        self.failed = {}  # version -> (fingerprint, error message)
+
+
+class ModelManager:
+    """Every served model's loaded versions, kept up to date by a watcher thread."""
+
+    def __init__(self, specs, batching=None, poll_seconds=1.0):
+        self._models = {spec.name: _Model(spec) for spec in specs}
+        self._batching = batching
+        self.batch_sizes = BatchSizeStats()
+        self._poll_seconds = poll_seconds
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+
+    # === Loading ===
+
+    def load_initial(self):
+        """Loads what each model's policy wants now; raises ValueError if a model has nothing to serve."""
+        self.poll()
+        for name, model in self._models.items():
+            if not model.loaded:
+                failures = "; ".join(f"version {version}: {error}" for version, (_, error) in sorted(model.failed.items()))
+                raise ValueError(
+                    f"model {name!r}: no version could be loaded from {model.spec.base_path}"
+                    + (f" ({failures})" if failures else " (no complete numbered version directory)")
+                )
+
+    def start_watching(self):
+        if self._poll_seconds > 0:
+            self._thread = threading.Thread(target=self._watch, name="version-watcher", daemon=True)
+            self._thread.start()
+
+    def _watch(self):
+        while not self._stop.wait(self._poll_seconds):
+            try:
+                self.poll()
+            except Exception as error:  # noqa: BLE001  The watcher must outlive a bad poll.
+                log(f"error while looking for new versions: {error}")
+
+    def _available_versions(self, model):
+        try:
+            names = os.listdir(model.spec.base_path)
+        except OSError:
+            return {}
+        versions = {}
+        for name in names:
+            if name.isdigit() and _complete(os.path.join(model.spec.base_path, name)):
+                versions[int(name)] = os.path.join(model.spec.base_path, name)
+        return versions
+
+    def _wanted(self, model, available):
+        """The versions the policy asks for among those that are complete and not known to fail."""
+        usable = sorted(
+            (version for version, path in available.items()
+             if version in model.loaded or model.failed.get(version, (None,))[0] != _fingerprint(path)),
+            reverse=True,
+        )
+        spec = model.spec
+        if spec.policy == "all":
+            return set(usable)
+        if spec.policy == "specific":
+            return set(usable) & set(spec.versions)
+        return set(usable[: spec.num_versions])
+
+    def poll(self):
+        """One look at every base path: loads wanted versions, retires unwanted ones."""
+        for name, model in self._models.items():
+            available = self._available_versions(model)
+            while True:
+                wanted = self._wanted(model, available)
+                to_load = sorted(wanted - set(model.loaded), reverse=True)
+                if not to_load:
+                    break
+                version = to_load[0]
+                path = available[version]
+                fingerprint = _fingerprint(path)
+                started = time.monotonic()
+                try:
+                    servable = Servable(name, version, path, self._batching, self.batch_sizes)
+                except Exception as error:  # noqa: BLE001  A bad version must not stop the server.
+                    message = " ".join(str(error).split()) or type(error).__name__
+                    if model.failed.get(version, (None,))[0] != fingerprint:
+                        log(f"model {name!r} version {version} ({path}) did not load: {message}; will retry when its files change")
+                    model.failed[version] = (fingerprint, message)
+                    continue  # _wanted now skips it: the next version down may take its place.
+                if _fingerprint(path) != fingerprint:
+                    # Still being written (a copy, not keraslm-export's atomic rename): next poll.
+                    servable.retire()
+                    break
+                model.failed.pop(version, None)
+                with self._lock:
+                    model.loaded[version] = servable
+                log(f"model {name!r} version {version} is available ({path}, loaded in {time.monotonic() - started:.1f} s)")
+            wanted = self._wanted(model, available)
+            for version in sorted(set(model.loaded) - wanted):
+                if version in available and len(model.loaded) == 1:
+                    continue
+                with self._lock:
+                    servable = model.loaded.pop(version)
+                servable.retire()
+                log(f"model {name!r} version {version} is unloaded")
+
+    def close(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        for model in self._models.values():
+            with self._lock:
+                servables = list(model.loaded.values())
+                model.loaded.clear()
+            for servable in servables:
+                servable.retire()
+
+    # === Lookup ===
+
+    @property
+    def names(self):
+        return sorted(self._models)
+
+    def _model(self, name):
+        model = self._models.get(name)
+        if model is None:
+            raise NotFoundError(f"Servable not found for request: model {name!r} is not served (served: {', '.join(self.names)})")
+        return model
+
+    def acquire(self, name, version=None, label=None):
+        """The Servable for a request, with its in-flight count raised; call .release() after."""
+        model = self._model(name)
+        if label is not None:
+            labels = dict(model.spec.labels)
+            if label not in labels:
+                raise NotFoundError(f"model {name!r} has no version label {label!r}")
+            version = labels[label]
+        with self._lock:
+            if version is None:
+                if not model.loaded:
+                    raise NotFoundError(f"model {name!r} has no version loaded")
+                servable = model.loaded[max(model.loaded)]
+            else:
+                servable = model.loaded.get(version)
+                if servable is None:
+                    served = ", ".join(map(str, sorted(model.loaded))) or "none"
+                    raise NotFoundError(f"model {name!r} version {version} is not served (served versions: {served})")
+            servable.acquire()
+        return servable
+
+    def status(self, name, version=None, label=None):
+        """[(version, state, error message)] as TF Serving's GetModelStatus reports it."""
+        model = self._model(name)
+        if label is not None:
+            labels = dict(model.spec.labels)
+            if label not in labels:
+                raise NotFoundError(f"model {name!r} has no version label {label!r}")
+            version = labels[label]
+        with self._lock:
+            states = {v: ("AVAILABLE", "") for v in model.loaded}
+        for failed_version, (_, message) in model.failed.items():
+            states.setdefault(failed_version, ("END", message))
+        if version is not None:
+            if version not in states:
+                raise NotFoundError(f"model {name!r} version {version} is not served")
+            states = {version: states[version]}
+        return [(v, state, message) for v, (state, message) in sorted(states.items(), reverse=True)]
+
+    def listing(self):
+        """What the playground shows: each model's newest loaded version, task and signatures."""
+        result = []
+        for name in self.names:
+            model = self._models[name]
+            with self._lock:
+                servable = model.loaded[max(model.loaded)] if model.loaded else None
+            if servable is None:
+                continue
+            info = servable.info or {"task": None, "labels": None, "defaults": None}
+            result.append(
+                {"name": name, "version": str(servable.version), "signatures": sorted(servable.signature_defs), **info}
+            )
+        return result

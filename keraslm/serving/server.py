@@ -1,0 +1,90 @@
+"""keraslm-serve's process: load the models, serve REST (uvicorn) and gRPC, stop cleanly.
+
+SIGTERM or Ctrl-C: both servers stop taking new requests, the requests in flight finish (up to
+GRACE_SECONDS), then the models are closed and the process exits 0.
+"""
+
+import asyncio
+import dataclasses
+import socket
+
+import uvicorn
+
+from keraslm.serving.grpc_api import start_grpc_server
+from keraslm.serving.models import ModelManager, log
+from keraslm.serving.rest import create_app
+
+GRACE_SECONDS = 60
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    specs: list
+    rest_api_host: str = "127.0.0.1"
+    rest_api_port: int = 8501
+    grpc_port: int = 8500
+    batching: object = None  # settings.BatchingOptions, or None without --enable_batching
+    poll_seconds: float = 1.0
+    max_request_bytes: int = 8 << 20
+    playground: bool = True
+
+
+def _listening_socket(host, port, flag):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise OSError(f"{flag}={port}: cannot listen on {host}:{port}: {error.strerror}; pick another {flag}") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _url_host(host):
+    return f"[{host}]" if ":" in host else host
+
+
+def serve(config):
+    """Runs until SIGTERM/SIGINT."""
+    manager = ModelManager(config.specs, batching=config.batching, poll_seconds=config.poll_seconds)
+    manager.load_initial()
+    manager.start_watching()
+    grpc_server = None
+    try:
+        if config.grpc_port:
+            grpc_server, bound = start_grpc_server(manager, config.rest_api_host, config.grpc_port, config.max_request_bytes)
+            log(f"gRPC API at {_url_host(config.rest_api_host)}:{bound}")
+        if config.rest_api_port or not config.grpc_port:
+            sock = _listening_socket(config.rest_api_host, config.rest_api_port, "--rest_api_port")
+            port = sock.getsockname()[1]
+            app = create_app(manager, config.max_request_bytes, playground=config.playground)
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    app, log_level="warning", access_log=False, timeout_graceful_shutdown=GRACE_SECONDS, lifespan="off"
+                )
+            )
+            log(f"REST API at http://{_url_host(config.rest_api_host)}:{port}" + ("  (playground page at /)" if config.playground else ""))
+            asyncio.run(server.serve(sockets=[sock]))
+        else:
+            _wait_for_signal()
+    finally:
+        log("shutting down: finishing the requests in flight")
+        if grpc_server is not None:
+            grpc_server.stop(GRACE_SECONDS).wait()
+        manager.close()
+        log("stopped")
+
+
+def _wait_for_signal():
+    """Blocks until SIGTERM or SIGINT (gRPC only: uvicorn is not there to catch them)."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(3600):
+        pass
