@@ -6,7 +6,9 @@ GRACE_SECONDS), then the models are closed and the process exits 0.
 
 import asyncio
 import dataclasses
+import signal
 import socket
+import threading
 
 import uvicorn
 
@@ -49,6 +51,12 @@ def _url_host(host):
 
 def serve(config):
     """Runs until SIGTERM/SIGINT."""
+    # uvicorn catches these while it serves, shuts down gracefully and then re-raises the signal
+    # to the handler it found: this one, so that the process goes on to stop gRPC and close the
+    # models and exits 0, instead of being killed by the default handler.
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
     manager = ModelManager(config.specs, batching=config.batching, poll_seconds=config.poll_seconds)
     manager.load_initial()
     manager.start_watching()
@@ -69,22 +77,11 @@ def serve(config):
             log(f"REST API at http://{_url_host(config.rest_api_host)}:{port}" + ("  (playground page at /)" if config.playground else ""))
             asyncio.run(server.serve(sockets=[sock]))
         else:
-            _wait_for_signal()
+            while not stopping.wait(3600):
+                pass
     finally:
         log("shutting down: finishing the requests in flight")
         if grpc_server is not None:
             grpc_server.stop(GRACE_SECONDS).wait()
         manager.close()
         log("stopped")
-
-
-def _wait_for_signal():
-    """Blocks until SIGTERM or SIGINT (gRPC only: uvicorn is not there to catch them)."""
-    import signal
-    import threading
-
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    while not stop.wait(3600):
-        pass

@@ -220,5 +220,19 @@ def from_tensor_proto(proto, name, spec):
         raise RequestError(f"input {name!r} is not a valid TensorProto: {error}") from None
 
 
+# The typed repeated field of a TensorProto for each dtype, as TF Serving fills them (its
+# AsProtoField; tensor_content only with --use_tensor_content).
+_PROTO_FIELDS = {
+    "float32": "float_val", "float64": "double_val", "int32": "int_val", "int16": "int_val", "int8": "int_val",
+    "uint8": "int_val", "int64": "int64_val", "bool": "bool_val",
+}
+
+
 def to_tensor_proto(array):
-    return tensor_util.make_tensor_proto(array)
+    """A TensorProto of an output, its values in the typed field (float_val, int_val, string_val...)."""
+    proto = tensor_util.make_tensor_proto(array)
+    field = _PROTO_FIELDS.get(np.asarray(array).dtype.name)
+    if field and proto.tensor_content:
+        proto.ClearField("tensor_content")
+        getattr(proto, field).extend(np.asarray(array).ravel().tolist())
+    return proto
