@@ -15,11 +15,13 @@ import sys
 import threading
 import time
 
+from keraslm.inference import assertion_message
 from keraslm.saved_model_session import SavedModelSession
 from keraslm.serving.batching import Batcher, BatchSizeStats
 from keraslm.serving.tensors import input_specs
 
 CONFIG_ASSET = "config.json"
+DEFAULT_SIGNATURE = "serving_default"  # what a request without signature_name runs, as in TF Serving
 
 
 class NotFoundError(LookupError):
@@ -328,3 +330,16 @@ class ModelManager:
                 {"name": name, "version": str(servable.version), "signatures": sorted(servable.signature_defs), **info}
             )
         return result
+
+
+def model_error_message(error):
+    """(HTTP status, message) for an error raised while running a signature."""
+    # tf.errors.InvalidArgumentError from the graph's own checks (tf.debugging.Assert): the
+    # client's values are out of range, e.g. max_new_tokens over the export's limit.
+    kind = type(error).__name__
+    message = getattr(error, "message", None) or str(error)
+    if kind == "InvalidArgumentError":
+        return 400, assertion_message(message)
+    if isinstance(error, ValueError):
+        return 400, str(error)
+    return 500, f"{kind}: {' '.join(message.split())[:2000]}"

@@ -24,9 +24,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from tensorflow_serving.apis import get_model_metadata_pb2
 
-from keraslm.inference import assertion_message
 from keraslm.serving.batching import QueueFullError
-from keraslm.serving.models import NotFoundError
+from keraslm.serving.models import DEFAULT_SIGNATURE, NotFoundError, model_error_message
 from keraslm.serving.tensors import RequestError, check_inputs, parse_predict_body, predict_response
 
 # TF Serving's URL grammar: a name without '/' or ':', then an optional version or label.
@@ -34,7 +33,6 @@ _MODEL_PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
     r"(?P<tail>/metadata|:[A-Za-z]+)?$"
 )
-DEFAULT_SIGNATURE = "serving_default"
 
 
 class _HTTPError(Exception):
@@ -250,16 +248,3 @@ def create_app(manager, max_request_bytes, playground=True):
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
     app.state.metrics = metrics
     return app
-
-
-def model_error_message(error):
-    """(HTTP status, message) for an error raised while running a signature."""
-    # tf.errors.InvalidArgumentError from the graph's own checks (tf.debugging.Assert): the
-    # client's values are out of range, e.g. max_new_tokens over the export's limit.
-    kind = type(error).__name__
-    message = getattr(error, "message", None) or str(error)
-    if kind == "InvalidArgumentError":
-        return 400, assertion_message(message)
-    if isinstance(error, ValueError):
-        return 400, str(error)
-    return 500, f"{kind}: {' '.join(message.split())[:2000]}"
