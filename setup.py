@@ -31,7 +31,8 @@ setup(
         "starlette>=0.40",
         "uvicorn>=0.30",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    # selenium drives Debian's chromium (scripts/test.sh installs it) in the playground page's test.
+    extras_require={"test": ["pytest>=8", "selenium>=4.20"]},
     entry_points={
         "console_scripts": [
             "keraslm-train=keraslm.cli.train:run",

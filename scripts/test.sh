@@ -3,4 +3,12 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/install.sh test
+# The playground page's test drives Debian's chromium through chromedriver (it skips, saying so,
+# without them). Installed here when missing and this is a root shell with apt (CI's fresh machine).
+if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing Debian's chromium and chromium-driver for the browser test..."
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get install -y -qq chromium chromium-driver || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }; } \
+    >/tmp/keraslm-chromium-install.log 2>&1 || echo "could not install chromium (see /tmp/keraslm-chromium-install.log); the browser test will be skipped"
+fi
 .venv/bin/python -m pytest -q tests "$@"

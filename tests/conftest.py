@@ -1,13 +1,20 @@
 """Shared fixtures: small slices of the bundled corpora, tiny trained models, subprocess helpers."""
 
 import csv
+import http.client
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+
+from keraslm.serving.client import RestClient, ServingError
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO / "data" / "tinyshakespeare" / "input.txt"
@@ -85,3 +92,83 @@ def trained_models(tmp_path_factory, corpora):
         assert completed.returncode == 0, completed.stderr[-3000:]
         models[kind] = {"work_dir": work_dir, "export_dir": export_dir, "stdout": completed.stdout}
     return models
+
+
+# === keraslm-serve in a subprocess (test_serving.py, test_playground.py) ===
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+START_TIMEOUT = 120
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServeProcess:
+    """keraslm-serve in a subprocess; stderr goes to a file the test can read."""
+
+    def __init__(self, tmp_path, *args, wait_for=("clf",), grpc=False):
+        self.port = free_port()
+        self.grpc_port = free_port() if grpc else 0
+        self.log_path = tmp_path / f"serve-{self.port}.log"
+        self._log = open(self.log_path, "w", encoding="utf-8")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "keraslm.cli.serve", f"--rest_api_port={self.port}", f"--port={self.grpc_port}", *args],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.client = RestClient(self.url, timeout=60)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(f"keraslm-serve exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+            try:
+                for name in (wait_for,) if isinstance(wait_for, str) else wait_for:
+                    self.client.status(name)
+                break
+            except (OSError, ServingError):
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise AssertionError(f"keraslm-serve did not answer within {START_TIMEOUT} s:\n{self.log()[-3000:]}")
+                time.sleep(0.3)
+
+    def log(self):
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def raw(self, method, path, body=b"", headers=None):
+        """(status, parsed JSON or text) for a request sent as given, without the client's quoting."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            text = response.read().decode("utf-8", errors="replace")
+        finally:
+            connection.close()
+        try:
+            return response.status, json.loads(text)
+        except ValueError:
+            return response.status, text
+
+    def metric(self, prefix):
+        with urllib.request.urlopen(self.url + "/monitoring/prometheus/metrics", timeout=30) as response:
+            text = response.read().decode("utf-8")
+        return [line for line in text.splitlines() if line.startswith(prefix)]
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode

@@ -2,94 +2,20 @@
 called over HTTP and gRPC (status, metadata, predict, versions, hot reload, batching, bad
 requests, SIGTERM), and its settings files."""
 
-import http.client
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import START_TIMEOUT, ServeProcess, free_port, run_cli
 from test_classify import _classify_args, _toy_examples, _write_csv
 
 from keraslm.serving.client import RestClient, ServingError
-
-START_TIMEOUT = 120
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """keraslm-serve in a subprocess; stderr goes to a file the test can read."""
-
-    def __init__(self, tmp_path, *args, wait_for="clf", grpc=False):
-        self.port = free_port()
-        self.grpc_port = free_port() if grpc else 0
-        self.log_path = tmp_path / f"serve-{self.port}.log"
-        self._log = open(self.log_path, "w", encoding="utf-8")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "keraslm.cli.serve", f"--rest_api_port={self.port}", f"--port={self.grpc_port}", *args],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.client = RestClient(self.url, timeout=60)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError(f"keraslm-serve exited with {self.process.returncode}:\n{self.log()[-3000:]}")
-            try:
-                self.client.status(wait_for)
-                break
-            except (OSError, ServingError):
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise AssertionError(f"keraslm-serve did not answer within {START_TIMEOUT} s:\n{self.log()[-3000:]}")
-                time.sleep(0.3)
-
-    def log(self):
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def raw(self, method, path, body=b"", headers=None):
-        """(status, parsed JSON or text) for a request sent as given, without the client's quoting."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        try:
-            connection.request(method, path, body=body, headers=headers or {})
-            response = connection.getresponse()
-            text = response.read().decode("utf-8", errors="replace")
-        finally:
-            connection.close()
-        try:
-            return response.status, json.loads(text)
-        except ValueError:
-            return response.status, text
-
-    def metric(self, prefix):
-        with urllib.request.urlopen(self.url + "/monitoring/prometheus/metrics", timeout=30) as response:
-            text = response.read().decode("utf-8")
-        return [line for line in text.splitlines() if line.startswith(prefix)]
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
-
 
 def _copy_version(source_dir, target_base, version):
     """Copies a version directory to target_base/<version> as keraslm-export does: staged, then renamed."""
@@ -129,7 +55,7 @@ def exports(tmp_path_factory, trained_models):
 @pytest.fixture(scope="module")
 def server(exports, tmp_path_factory):
     """One batching server for the module: REST and gRPC, 4 KiB request limit, fast version polling."""
-    process = Server(
+    process = ServeProcess(
         tmp_path_factory.mktemp("server"),
         f"--model_config_file={exports['config']}",
         "--enable_batching",
@@ -369,7 +295,7 @@ def test_playground_page_and_model_list(server):
 
 def test_sigterm_finishes_the_request_in_flight(exports, tmp_path):
     """No batching here, so the unbatched path is exercised too."""
-    server = Server(tmp_path, "--model_name=lm", f"--model_base_path={exports['root'] / 'lm'}", wait_for="lm")
+    server = ServeProcess(tmp_path, "--model_name=lm", f"--model_base_path={exports['root'] / 'lm'}", wait_for="lm")
     limit = server.client.request("GET", "/keraslm/models")["models"][0]["defaults"]["max_new_tokens_limit"]
     result = {}
 
