@@ -24,6 +24,8 @@ from keraslm.tasks.mlm import not_exportable
 from keraslm.training import load_trained_model
 
 CONFIG_ASSET = "config.json"
+# TF Serving's warm-up file: PredictionLog records it replays when it loads a version.
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 
 _STAGING_PREFIX = ".tmp-export-"
@@ -66,6 +68,7 @@ def export_model(model, tokenizer, run_config, export_dir, export_config=None, v
         server = get_task(run_config.task).export_module(model, tokenizer, run_config, export_config, config_path)
         saved_model_dir = os.path.join(staging, "saved_model")
         tf.saved_model.save(server, saved_model_dir, signatures=server.signatures())
+        _write_warmup_requests(server.warmup_requests(), os.path.join(saved_model_dir, WARMUP_FILE))
         while True:
             version_dir = os.path.join(export_dir, str(next_version(export_dir)))
             try:
@@ -80,6 +83,24 @@ def export_model(model, tokenizer, run_config, export_dir, export_config=None, v
     if verbose:
         print(f"keraslm: exported {version_dir}", flush=True)
     return version_dir
+
+
+def _write_warmup_requests(requests, path):
+    """assets.extra/tf_serving_warmup_requests: a TFRecord of PredictionLog protos, as TF Serving
+    reads it (tensorflow_serving/g3doc/saved_model_warmup.md)."""
+    if not requests:
+        return
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path) as writer:
+        for signature_name, inputs in requests:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.signature_name = signature_name
+            for name, value in inputs.items():
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
 
 
 def _checkpoint_source(work_dir, checkpoint):

@@ -211,6 +211,7 @@ def test_new_version_hot_loaded_while_requests_run(server, exports):
         time.sleep(1.5)
         assert [entry["version"] for entry in server.client.status("clf")["model_version_status"]] == ["1"]
         shutil.copytree(base / "1" / "assets", partial / "assets")
+        shutil.copytree(base / "1" / "assets.extra", partial / "assets.extra")
         shutil.copytree(base / "1" / "variables", partial / "variables")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -230,6 +231,34 @@ def test_new_version_hot_loaded_while_requests_run(server, exports):
     with pytest.raises(ServingError) as caught:
         server.client.predict("clf", instances=["great"], version=1)
     assert caught.value.status == 404
+
+    # A newer version that fails to load (a damaged warm-up file) is reported; version 2 keeps serving.
+    _copy_version(base / "2", base, 3)
+    with open(base / "3" / "assets.extra" / "tf_serving_warmup_requests", "r+b") as file:
+        file.seek(20)
+        file.write(b"garbage")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        states = {entry["version"]: entry for entry in server.client.status("clf")["model_version_status"]}
+        if "3" in states:
+            break
+        time.sleep(0.2)
+    assert states["3"]["state"] == "END" and states["3"]["status"]["error_message"], states
+    assert states["2"]["state"] == "AVAILABLE"
+    assert server.client.metadata("clf")["model_spec"]["version"] == "2"
+    assert "model 'clf' version 3" in server.log() and "did not load" in server.log()
+
+
+def test_export_carries_tf_serving_warmup_requests(server, exports):
+    """keraslm-export writes TF Serving's warm-up file; the server replays it before serving."""
+    from tensorflow.python.lib.io import tf_record
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = exports["root"] / "lm" / "1" / "assets.extra" / "tf_serving_warmup_requests"
+    logs = [prediction_log_pb2.PredictionLog.FromString(record) for record in tf_record.tf_record_iterator(str(path))]
+    names = [log.predict_log.request.model_spec.signature_name for log in logs]
+    assert names == ["generate", "generate", "generate", "serving_default", "score"]
+    assert "model 'lm' version 1 is available" in server.log() and "5 warm-up requests" in server.log()
 
 
 def test_grpc_predict_metadata_and_status(server):

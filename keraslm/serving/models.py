@@ -15,13 +15,19 @@ import sys
 import threading
 import time
 
+from tensorflow.python.lib.io import tf_record
+from tensorflow_serving.apis import prediction_log_pb2
+
 from keraslm.inference import assertion_message
 from keraslm.saved_model_session import SavedModelSession
 from keraslm.serving.batching import Batcher, BatchSizeStats
-from keraslm.serving.tensors import input_specs
+from keraslm.serving.tensors import from_tensor_proto, input_specs
 
 CONFIG_ASSET = "config.json"
 DEFAULT_SIGNATURE = "serving_default"  # what a request without signature_name runs, as in TF Serving
+# TF Serving's warm-up requests (keraslm-export writes them) and its cap on their number.
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MAX_WARMUP_RECORDS = 1000
 
 
 class NotFoundError(LookupError):
@@ -95,6 +101,34 @@ class Servable:
         self._in_flight = 0
         self._retired = False
         self._closed = False
+        try:
+            self.warmup_requests = self._warm_up()
+        except Exception:
+            self.session.close()
+            raise
+
+    def _warm_up(self):
+        """Replays assets.extra/tf_serving_warmup_requests, as TF Serving does before a version
+        serves: each function's first call prepares its graph (seconds for a language model's
+        decoding loop), here rather than in a client's first request. Returns the count."""
+        path = os.path.join(self.path, WARMUP_FILE)
+        if not os.path.isfile(path):
+            return 0
+        count = 0
+        for record in tf_record.tf_record_iterator(path):
+            count += 1
+            if count > MAX_WARMUP_RECORDS:
+                raise ValueError(f"{WARMUP_FILE} has over {MAX_WARMUP_RECORDS} records, TF Serving's limit")
+            log = prediction_log_pb2.PredictionLog.FromString(record)
+            if log.WhichOneof("log_type") != "predict_log":
+                raise ValueError(f"{WARMUP_FILE}: record {count} is a {log.WhichOneof('log_type')}; only predict_log is replayed")
+            request = log.predict_log.request
+            name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+            if name not in self.specs:
+                raise ValueError(f"{WARMUP_FILE}: record {count} asks for the signature {name!r}, which this model lacks")
+            inputs = {key: from_tensor_proto(proto, key, self.specs[name][key]) for key, proto in request.inputs.items()}
+            self.call(name, inputs)
+        return count
 
     def acquire(self):
         with self._lock:
@@ -244,7 +278,8 @@ class ModelManager:
                 model.failed.pop(version, None)
                 with self._lock:
                     model.loaded[version] = servable
-                log(f"model {name!r} version {version} is available ({path}, loaded in {time.monotonic() - started:.1f} s)")
+                warmed = f", {servable.warmup_requests} warm-up requests" if servable.warmup_requests else ""
+                log(f"model {name!r} version {version} is available ({path}, loaded in {time.monotonic() - started:.1f} s{warmed})")
             wanted = self._wanted(model, available)
             for version in sorted(set(model.loaded) - wanted):
                 if version in available and len(model.loaded) == 1:

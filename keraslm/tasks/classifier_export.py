@@ -9,6 +9,7 @@ CPU-only TF Serving.
 
 import types
 
+import numpy as np
 import tensorflow as tf
 
 from keraslm.tasks.export_module import ExportModule
@@ -30,6 +31,9 @@ class ClassifierServer(ExportModule):
 
     def signatures(self):
         return {"serving_default": self.serving_default.get_concrete_function()}
+
+    def warmup_requests(self):
+        return [("serving_default", {"text": np.array([b"warm-up"], dtype=object)})]
 
     def _classify(self, text):
         # Normalized, tokenized and cut as in training (keraslm.tables.tokenize_texts).

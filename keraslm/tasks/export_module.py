@@ -31,3 +31,9 @@ class ExportModule(tf.Module):
     def signatures(self):
         """{signature name: concrete function} for tf.saved_model.save."""
         raise NotImplementedError
+
+    def warmup_requests(self):
+        """[(signature name, {input name: numpy array})]: requests that run every function a
+        server's first real requests would, so that it prepares them at load time
+        (assets.extra/tf_serving_warmup_requests, read by TF Serving and keraslm-serve)."""
+        return []

@@ -14,6 +14,7 @@ Signatures, every input batched with one value per row:
 
 import types
 
+import numpy as np
 import tensorflow as tf
 
 from keraslm.generation import (
@@ -91,6 +92,30 @@ class LanguageModelServer(ExportModule):
             "generate": self.generate.get_concrete_function(),
             "score": self.score.get_concrete_function(),
         }
+
+    def warmup_requests(self):
+        """Each variant of the decoding loop once (plain at up to SMALL_BATCH rows, plain, and full),
+        serving_default and score: a first call to each prepares its graph (seconds)."""
+
+        def generate(rows, top_k):
+            return ("generate", {
+                "prompt": np.array([b"\n"] * rows, dtype=object),
+                "max_new_tokens": np.full([rows], 2, np.int32),
+                "temperature": np.full([rows], 0.8, np.float32),
+                "top_k": np.full([rows], top_k, np.int32),
+                "top_p": np.ones([rows], np.float32),
+                "repetition_penalty": np.ones([rows], np.float32),
+                "seed": np.arange(rows, dtype=np.int64),
+                "stop": np.array([b""] * rows, dtype=object),
+            })
+
+        return [
+            generate(1, 0),
+            generate(SMALL_BATCH + 1, 0),
+            generate(1, 5),
+            ("serving_default", {"prompt": np.array([b"\n"], dtype=object)}),
+            ("score", {"text": np.array([b"warm-up"], dtype=object)}),
+        ]
 
     # === Signatures ===
 
