@@ -30,6 +30,10 @@ setup(
         "tensorflow-serving-api>=2.21,<2.22",
         "starlette>=0.40",
         "uvicorn>=0.30",
+        # uvicorn takes these when present: a C HTTP parser and libuv's event loop cut the
+        # server's own CPU per request (BENCHMARKS.md, "Serving").
+        "httptools>=0.6",
+        "uvloop>=0.19; sys_platform != 'win32'",
     ],
     # selenium drives Debian's chromium (scripts/test.sh installs it) in the playground page's test.
     extras_require={"test": ["pytest>=8", "selenium>=4.20"]},

@@ -184,7 +184,7 @@ def test_concurrent_requests_are_batched(server):
 
 def _batch_counts(server):
     counts = {}
-    for line in server.metric(":tensorflow:serving:batching_session:processed_batch_size"):
+    for line in server.metric(':tensorflow:serving:batching_session:processed_batch_size{model_name="clf"'):
         size = int(line.split('batch_size="')[1].split('"')[0])
         counts[size] = int(line.rsplit(" ", 1)[1])
     return counts

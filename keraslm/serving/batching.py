@@ -39,9 +39,9 @@ class BatchSizeStats:
         self._lock = threading.Lock()
         self.sizes = collections.Counter()
 
-    def record(self, size):
+    def record(self, model, size):
         with self._lock:
-            self.sizes[size] += 1
+            self.sizes[(model, size)] += 1
 
     def snapshot(self):
         with self._lock:
@@ -51,8 +51,9 @@ class BatchSizeStats:
 class Batcher:
     """One signature of one loaded version: submit(inputs, rows) -> Future of its outputs."""
 
-    def __init__(self, run, options, stats, name):
+    def __init__(self, run, options, stats, name, model=""):
         self._run = run  # callable({input: array}) -> {output: array}
+        self._model = model
         self._options = options
         self._stats = stats
         self._queue = collections.deque()
@@ -144,7 +145,7 @@ class Batcher:
             for task in tasks:
                 task.future.set_exception(error)
             return
-        self._stats.record(total)
+        self._stats.record(self._model, total)
         start = 0
         for task in tasks:
             task.future.set_result({name: array[start : start + task.rows] for name, array in outputs.items()})

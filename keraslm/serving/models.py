@@ -9,6 +9,7 @@ variables/variables.index are there and it loads; one that fails to load is retr
 files change, and the version before it keeps serving meanwhile.
 """
 
+import gc
 import json
 import os
 import sys
@@ -58,6 +59,20 @@ def _complete(version_dir):
     return os.path.isfile(os.path.join(version_dir, "saved_model.pb")) and os.path.isfile(
         os.path.join(version_dir, "variables", "variables.index")
     )
+
+
+def _freeze_heap():
+    """Moves every object alive now out of the garbage collector's sight (gc.freeze).
+
+    TensorFlow and the loaded graphs leave ~300,000 tracked Python objects that live as long as
+    the version; each full collection walked them all and stopped the server for 100-200 ms under
+    load, adding that to whole batches of requests (p99 2-3x its no-GC value; BENCHMARKS.md,
+    "Serving"). Called after each load and unload, so a retired version's objects are unfrozen
+    and collected once, at reload time, not during requests.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _keraslm_info(version_dir):
@@ -176,7 +191,8 @@ class Servable:
             if batcher is None:
                 function = self.session.signature(signature_name)
                 batcher = self._batchers[signature_name] = Batcher(
-                    lambda values: function(**values), self._batching, self._stats, f"{self.name}-{self.version}-{signature_name}"
+                    lambda values: function(**values), self._batching, self._stats,
+                    f"{self.name}-{self.version}-{signature_name}", model=self.name,
                 )
         return batcher.submit(inputs, rows)
 
@@ -278,6 +294,7 @@ class ModelManager:
                 model.failed.pop(version, None)
                 with self._lock:
                     model.loaded[version] = servable
+                _freeze_heap()
                 warmed = f", {servable.warmup_requests} warm-up requests" if servable.warmup_requests else ""
                 log(f"model {name!r} version {version} is available ({path}, loaded in {time.monotonic() - started:.1f} s{warmed})")
             wanted = self._wanted(model, available)
@@ -288,6 +305,7 @@ class ModelManager:
                     servable = model.loaded.pop(version)
                 servable.retire()
                 log(f"model {name!r} version {version} is unloaded")
+                _freeze_heap()
 
     def close(self):
         self._stop.set()

@@ -72,8 +72,10 @@ def _metrics_text(manager, metrics):
         "# HELP :tensorflow:serving:batching_session:processed_batch_size Batches run, by number of rows.",
         "# TYPE :tensorflow:serving:batching_session:processed_batch_size counter",
     ]
-    for size, count in sorted(manager.batch_sizes.snapshot().items()):
-        lines.append(f':tensorflow:serving:batching_session:processed_batch_size{{batch_size="{size}"}} {count}')
+    for (model, size), count in sorted(manager.batch_sizes.snapshot().items()):
+        lines.append(
+            f':tensorflow:serving:batching_session:processed_batch_size{{model_name="{model}",batch_size="{size}"}} {count}'
+        )
     return "\n".join(lines) + "\n"
 
 

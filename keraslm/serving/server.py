@@ -4,7 +4,6 @@ SIGTERM or Ctrl-C: both servers stop taking new requests, the requests in flight
 GRACE_SECONDS), then the models are closed and the process exits 0.
 """
 
-import asyncio
 import dataclasses
 import signal
 import socket
@@ -33,7 +32,11 @@ class ServerConfig:
 
 def _listening_socket(host, port, flag):
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not 0: asyncio sets TCP_NODELAY on accepted connections only when the
+    # listening socket says it is TCP, and without it Nagle's algorithm held each response's body
+    # (h11 writes headers and body apart) for the client's delayed ACK: 40 ms per keep-alive
+    # request (BENCHMARKS.md, "Serving").
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -75,7 +78,8 @@ def serve(config):
                 )
             )
             log(f"REST API at http://{_url_host(config.rest_api_host)}:{port}" + ("  (playground page at /)" if config.playground else ""))
-            asyncio.run(server.serve(sockets=[sock]))
+            # run() rather than asyncio.run(serve()): it takes uvloop's event loop when installed.
+            server.run(sockets=[sock])
         else:
             while not stopping.wait(3600):
                 pass
