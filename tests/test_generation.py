@@ -231,3 +231,22 @@ def test_stop_string_ends_a_row_early(model_and_config):
     first = next(index for index, text in enumerate(texts) if target in text)
     assert counts == [first + 1, 20]
     assert stopped[0] == free[0][: first + 1] and stopped[1] == free[1]
+
+
+def test_score_windows_cover_each_row_with_its_own_tokens_only():
+    """Windows of S + 1 tokens, stride S, [PAD] past a row's end (never the next row's tokens)."""
+    from keraslm.scoring import text_windows
+    from keraslm.tokenizers import PAD_ID
+
+    rng = np.random.default_rng(0)
+    for sequence_length in (1, 4, 16):
+        rows = [rng.integers(PAD_ID + 2, 60, size=size).tolist() for size in (0, 1, 5, 17, 40)]
+        windows, lengths, owners = (
+            tensor.numpy() for tensor in text_windows(tf.ragged.constant(rows, dtype=tf.int32), sequence_length)
+        )
+        expected = []
+        for row, ids in enumerate(rows):
+            for start in range(0, max(len(ids) - 1, 0), sequence_length):
+                window = ids[start : start + sequence_length + 1]
+                expected.append((row, len(window), window + [PAD_ID] * (sequence_length + 1 - len(window))))
+        assert [(owner, length, window.tolist()) for owner, length, window in zip(owners, lengths, windows)] == expected

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -62,6 +63,7 @@ def server(exports, tmp_path_factory):
         f"--batching_parameters_file={exports['batching']}",
         "--file_system_poll_wait_seconds=0.2",
         "--max_request_bytes=4096",
+        "--model_config_file_poll_wait_seconds=0.3",
         grpc=True,
     )
     yield process
@@ -92,6 +94,9 @@ def test_status_metadata_and_predict(server):
     columns = server.client.predict("clf", inputs={"text": ["a great film", "今天外卖很差"]})
     assert columns["label"] == ["pos", "neg"]
     assert sum(columns["scores"], []) == pytest.approx(sum((row["scores"] for row in rows), []), abs=1e-6)
+    # "" is serving_default, as in TF Serving.
+    assert server.client.predict("clf", instances=["great"], signature_name="")[0]["label"] == "pos"
+    assert server.raw("POST", "/v1/models/clf:predict", b'{"signature_name": "", "instances": ["great"]}')[0] == 200
     # A bare value per row for a one-input signature, as TF Serving takes it.
     assert [row["label"] for row in server.client.predict("clf", instances=["a bad film"])] == ["neg"]
 
@@ -127,6 +132,11 @@ BAD_REQUESTS = [
     ("wrong dtype for an int", "POST", "/v1/models/lm:predict",
      json.dumps({"signature_name": "generate", "instances": [{**GENERATE_ROW, "max_new_tokens": "ten"}]}).encode(), 400, "int32"),
     ("wrong shape", "POST", "/v1/models/clf:predict", b'{"inputs": {"text": [["a", "b"]]}}', 400, "shape"),
+    ("ragged rows", "POST", "/v1/models/lm:predict", b'{"signature_name": "score", "inputs": {"text": [["a", "b"], ["c"]]}}', 400, "ragged"),
+    ("half a surrogate pair", "POST", "/v1/models/clf:predict", b'{"instances": ["\\ud800x"]}', 400, "surrogate"),
+    ("beyond float32", "POST", "/v1/models/lm:predict",
+     json.dumps({"signature_name": "generate", "instances": [{**GENERATE_ROW, "temperature": 1e39}]}).encode(), 400, "float32"),
+    ("no model name", "GET", "/v1/models", b"", 404, "name a model"),
     ("empty instances", "POST", "/v1/models/clf:predict", b'{"instances": []}', 400, "empty"),
     ("both formats", "POST", "/v1/models/clf:predict", b'{"instances": ["a"], "inputs": ["a"]}', 400, "exactly one"),
     ("missing input", "POST", "/v1/models/lm:predict", b'{"signature_name": "generate", "instances": [{"prompt": "a"}]}', 400, "missing input"),
@@ -232,6 +242,8 @@ def test_new_version_hot_loaded_while_requests_run(server, exports):
         server.client.predict("clf", instances=["great"], version=1)
     assert caught.value.status == 404
 
+    # A directory named by a number beyond int64 is no version (TF Serving's versions are int64).
+    _copy_version(base / "2", base, 99999999999999999999)
     # A newer version that fails to load (a damaged warm-up file) is reported; version 2 keeps serving.
     _copy_version(base / "2", base, 3)
     with open(base / "3" / "assets.extra" / "tf_serving_warmup_requests", "r+b") as file:
@@ -244,6 +256,7 @@ def test_new_version_hot_loaded_while_requests_run(server, exports):
             break
         time.sleep(0.2)
     assert states["3"]["state"] == "END" and states["3"]["status"]["error_message"], states
+    assert set(states) == {"2", "3"}, states
     assert states["2"]["state"] == "AVAILABLE"
     assert server.client.metadata("clf")["model_spec"]["version"] == "2"
     assert "model 'clf' version 3" in server.log() and "did not load" in server.log()
@@ -311,6 +324,52 @@ def test_grpc_predict_metadata_and_status(server):
         stub.Predict(request, timeout=60)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "txt" in caught.value.details()
     channel.close()
+
+
+def test_model_config_file_is_re_read(server, exports):
+    """--model_config_file_poll_wait_seconds: a model added to the file is served, a label moves,
+    a removed model is unloaded; a file that does not parse changes nothing."""
+    config = exports["config"]
+    original = config.read_text(encoding="utf-8")
+    served = next(
+        int(entry["version"]) for entry in server.client.status("clf")["model_version_status"] if entry["state"] == "AVAILABLE"
+    )
+    try:
+        config.write_text(
+            original.replace("value: 1 }", f"value: {served} }}").rstrip().rstrip("}")
+            + f'  config {{ name: "lm2" base_path: "{exports["root"] / "lm"}" model_platform: "tensorflow" }}\n}}\n',
+            encoding="utf-8",
+        )
+        # The label moves once the file's models are loaded (labels may only name loaded versions).
+        _wait_until(lambda: _answers(server, "lm2") and _label_version(server, "clf", "stable") == str(served), server)
+        config.write_text("model_config_list { config { name: ", encoding="utf-8")  # cut short
+        time.sleep(1.5)
+        assert _answers(server, "lm2") and "was not applied" in server.log()
+    finally:
+        config.write_text(original, encoding="utf-8")
+    _wait_until(lambda: not _answers(server, "lm2") and "model 'lm2' is no longer in the config file" in server.log(), server)
+
+
+def _answers(server, name):
+    try:
+        server.client.status(name)
+        return True
+    except ServingError:
+        return False
+
+
+def _label_version(server, name, label):
+    try:
+        return server.client.metadata(name, label=label)["model_spec"]["version"]
+    except ServingError:
+        return None
+
+
+def _wait_until(condition, server, seconds=60):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, server.log()[-3000:]
+        time.sleep(0.2)
 
 
 def test_playground_page_and_model_list(server):
@@ -421,8 +480,21 @@ def test_flag_errors_are_one_line(tmp_path, exports):
         ([f"--model_config_file={exports['config']}", f"--batching_parameters_file={exports['batching']}"], "--enable_batching"),
         ([f"--model_name=a", f"--model_base_path={tmp_path}"], "no version could be loaded"),
     ]
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    busy = taken.getsockname()[1]
+    one_model = [f"--model_name=a", f"--model_base_path={exports['root'] / 'lm'}"]
+    cases += [
+        ([*one_model, f"--port={busy}"], f"--port={busy}: cannot listen"),
+        ([*one_model, f"--rest_api_port={busy}"], f"--rest_api_port={busy}: cannot listen"),
+        (["--model_name=a:b", f"--model_base_path={exports['root'] / 'lm'}"], "cannot appear in a URL"),
+    ]
     for args, words in cases:
-        completed = run_cli("serve", *args, "--rest_api_port=0", f"--port={free_port()}", timeout=120)
+        ports = [arg.split("=")[0] for arg in args]
+        defaults = [] if "--rest_api_port" in ports else ["--rest_api_port=0"]
+        defaults += [] if "--port" in ports else [f"--port={free_port()}"]
+        completed = run_cli("serve", *args, *defaults, timeout=120)
         assert completed.returncode == 2, (args, completed.stderr[-2000:])
         last = completed.stderr.strip().splitlines()[-1]
         assert last.startswith("keraslm-serve: error:") and words in last, (args, completed.stderr[-2000:])

@@ -36,8 +36,19 @@ def define_flags():
     flags.DEFINE_float(
         "file_system_poll_wait_seconds", 1.0, "Seconds between looks for new versions in the base paths; 0 = load once, never look again."
     )
+    flags.DEFINE_float(
+        "model_config_file_poll_wait_seconds", 0,
+        "Seconds between re-reads of --model_config_file (models added or removed, policies, labels); 0 = read it once.",
+    )
+    flags.DEFINE_bool(
+        "allow_version_labels_for_unavailable_models", False,
+        "Let a version label in --model_config_file name a version that is not loaded (requests to it get 404).",
+    )
+    flags.DEFINE_integer(
+        "rest_api_timeout_in_ms", 30000, "A REST predict request that takes longer gets a 504 (its work still finishes); 0 = no limit."
+    )
     flags.DEFINE_integer("max_request_bytes", 8 << 20, "Largest request body (REST) or message (gRPC) accepted, in bytes.")
-    flags.DEFINE_bool("playground", True, "Serve the playground page at GET / (and the model list it reads at /keraslm/models).")
+    flags.DEFINE_bool("playground", True, "Serve the playground page at GET / and the model list it reads at /keraslm/models.")
 
 
 def main(argv):
@@ -70,7 +81,12 @@ def main(argv):
         raise InvalidInputError(f"--max_request_bytes={FLAGS.max_request_bytes} must be at least 1")
     if FLAGS.file_system_poll_wait_seconds < 0:
         raise InvalidInputError(f"--file_system_poll_wait_seconds={FLAGS.file_system_poll_wait_seconds} must be 0 or more")
+    if FLAGS.model_config_file_poll_wait_seconds < 0 or FLAGS.rest_api_timeout_in_ms < 0:
+        raise InvalidInputError("--model_config_file_poll_wait_seconds and --rest_api_timeout_in_ms must be 0 or more")
+    if FLAGS.model_config_file_poll_wait_seconds and not FLAGS.model_config_file:
+        raise InvalidInputError("--model_config_file_poll_wait_seconds needs --model_config_file")
     batching = settings.read_batching_parameters(FLAGS.batching_parameters_file) if FLAGS.enable_batching else None
+    config_file = FLAGS.model_config_file
     config = ServerConfig(
         specs=specs,
         rest_api_host=FLAGS.rest_api_host,
@@ -80,6 +96,10 @@ def main(argv):
         poll_seconds=FLAGS.file_system_poll_wait_seconds,
         max_request_bytes=FLAGS.max_request_bytes,
         playground=FLAGS.playground,
+        rest_timeout_seconds=FLAGS.rest_api_timeout_in_ms / 1000 or None,
+        config_reader=(lambda: settings.read_model_config_file(config_file)) if config_file else None,
+        config_poll_seconds=FLAGS.model_config_file_poll_wait_seconds,
+        allow_unavailable_labels=FLAGS.allow_version_labels_for_unavailable_models,
     )
     try:
         serve(config)

@@ -32,22 +32,6 @@ class _Task:
         self.enqueued = time.monotonic()
 
 
-class BatchSizeStats:
-    """Counts of batch sizes run, for /monitoring/prometheus/metrics and the tests."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.sizes = collections.Counter()
-
-    def record(self, model, size):
-        with self._lock:
-            self.sizes[(model, size)] += 1
-
-    def snapshot(self):
-        with self._lock:
-            return dict(self.sizes)
-
-
 class Batcher:
     """One signature of one loaded version: submit(inputs, rows) -> Future of its outputs."""
 
@@ -106,17 +90,20 @@ class Batcher:
                 if self._closed or rows >= options.max_batch_size or remaining <= 0:
                     break
                 self._condition.wait(remaining)
-            tasks, rows, kept = [], 0, collections.deque()
+            tasks, rows, taken, kept = [], 0, 0, collections.deque()
             first_key = self._queue[0].key
             while self._queue:
                 task = self._queue.popleft()
-                if task.key == first_key and rows + task.rows <= options.max_batch_size:
-                    tasks.append(task)
-                    rows += task.rows
+                if task.key == first_key and taken + task.rows <= options.max_batch_size:
+                    taken += task.rows
+                    # False for a request whose client gave up (a REST timeout cancels it): skipped.
+                    if task.future.set_running_or_notify_cancel():
+                        tasks.append(task)
+                        rows += task.rows
                 else:
                     kept.append(task)
             self._queue = kept
-            self._queued_rows -= rows
+            self._queued_rows -= taken
             return tasks
 
     def _work(self):
@@ -124,7 +111,8 @@ class Batcher:
             tasks = self._take_batch()
             if tasks is None:
                 return
-            self._run_batch(tasks)
+            if tasks:
+                self._run_batch(tasks)
 
     def _run_batch(self, tasks):
         names = tasks[0].inputs.keys()
@@ -171,6 +159,9 @@ def _joined(futures):
             remaining[0] -= 1
             if remaining[0]:
                 return
+        if any(future.cancelled() for future in futures):
+            joined.cancel()
+            return
         errors = [future.exception() for future in futures if future.exception() is not None]
         if errors:
             joined.set_exception(errors[0])

@@ -54,9 +54,11 @@ class RestClient:
             raise ServingError(error.code, message) from None
 
     def status(self, name, version=None, label=None):
+        """{"model_version_status": [{"version", "state", "status"}]}: GET /v1/models/{name}."""
         return self.request("GET", self._path(name, version, label))
 
     def metadata(self, name, version=None, label=None):
+        """{"model_spec", "metadata": {"signature_def": ...}}: GET /v1/models/{name}/metadata."""
         return self.request("GET", self._path(name, version, label) + "/metadata")
 
     def predict(self, name, instances=None, inputs=None, signature_name=None, version=None, label=None):
@@ -71,7 +73,10 @@ class RestClient:
 
     def generate(self, name, prompts, max_new_tokens=100, temperature=0.8, top_k=0, top_p=1.0,
                  repetition_penalty=1.0, seed=0, stop="", version=None):
-        """A keraslm language model's `generate` signature, with every input filled in: [text]."""
+        """A keraslm language model's `generate` signature, with every input filled in: [text].
+
+        prompts: a list of strings, or one string (then a list of one text comes back)."""
+        prompts = [prompts] if isinstance(prompts, str) else prompts
         rows = [
             {
                 "prompt": prompt, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k,
@@ -82,5 +87,6 @@ class RestClient:
         return [row["text"] for row in self.predict(name, instances=rows, signature_name="generate", version=version)]
 
     def classify(self, name, texts, version=None):
-        """A keraslm classifier's serving_default: [{"label", "label_id", "scores"}]."""
+        """A keraslm classifier's serving_default: [{"label", "label_id", "scores"}] (texts: a list, or one string)."""
+        texts = [texts] if isinstance(texts, str) else texts
         return self.predict(name, instances=[{"text": text} for text in texts], version=version)

@@ -39,10 +39,23 @@ def _abort(context, error):
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager):
+    def __init__(self, manager, metrics=None):
         self._manager = manager
+        self._metrics = metrics
 
     def Predict(self, request, context):  # noqa: N802  (gRPC method name)
+        name = request.model_spec.name
+        try:
+            response = self._predict(request, context)
+        except BaseException:
+            if self._metrics is not None:
+                self._metrics.count(name if name in self._manager.names else "", "grpc_predict", "error")
+            raise
+        if self._metrics is not None:
+            self._metrics.count(name, "grpc_predict", "ok")
+        return response
+
+    def _predict(self, request, context):
         name, version, label = _model_spec(request)
         try:
             servable = self._manager.acquire(name, version, label)
@@ -81,6 +94,16 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             _abort(context, error)
         finally:
             servable.release()
+
+    def _unimplemented(self, request, context):
+        del request
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "keraslm-serve answers Predict and GetModelMetadata; Classify, Regress and MultiInference take "
+            "tf.Example protos, which keraslm exports do not: call Predict with the signature instead",
+        )
+
+    Classify = Regress = MultiInference = _unimplemented  # noqa: N815
 
     def GetModelMetadata(self, request, context):  # noqa: N802
         name, version, label = _model_spec(request)
@@ -121,15 +144,32 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             status.status.error_message = message
         return response
 
+    def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+        del request
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "keraslm-serve takes no config over gRPC: edit the --model_config_file and start it with "
+            "--model_config_file_poll_wait_seconds, which re-reads it",
+        )
 
-def start_grpc_server(manager, host, port, max_message_bytes):
-    """A started grpc.Server on host:port; returns (server, the bound port)."""
-    options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", -1)]
+
+def bind_grpc_server(manager, host, port, max_message_bytes, metrics=None):
+    """A grpc.Server bound to host:port, not started yet (start() once the models are loaded);
+    returns (server, the bound port)."""
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", -1),
+        # gRPC sets SO_REUSEPORT by default: a second server on the same port then started
+        # without a word and took a share of the connections. One server per port, as for REST.
+        ("grpc.so_reuseport", 0),
+    ]
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="grpc"), options=options)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager, metrics), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
     if bound == 0:
-        raise OSError(f"--port={port}: cannot listen on {host}:{port} (in use?); pick another --port, or --port=0 for no gRPC")
-    server.start()
+        raise OSError(f"--port={port}: cannot listen on {host}:{port} (in use, or not an address of this machine); pick another --port, or --port=0 for no gRPC")
     return server, bound

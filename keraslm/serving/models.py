@@ -9,6 +9,7 @@ variables/variables.index are there and it loads; one that fails to load is retr
 files change, and the version before it keeps serving meanwhile.
 """
 
+import dataclasses
 import gc
 import json
 import os
@@ -17,11 +18,13 @@ import threading
 import time
 
 from tensorflow.python.lib.io import tf_record
+from tensorflow.python.util import deprecation
 from tensorflow_serving.apis import prediction_log_pb2
 
 from keraslm.inference import assertion_message
 from keraslm.saved_model_session import SavedModelSession
-from keraslm.serving.batching import Batcher, BatchSizeStats
+from keraslm.serving.batching import Batcher
+from keraslm.serving.metrics import BatchSizeStats
 from keraslm.serving.tensors import from_tensor_proto, input_specs
 
 CONFIG_ASSET = "config.json"
@@ -29,6 +32,7 @@ DEFAULT_SIGNATURE = "serving_default"  # what a request without signature_name r
 # TF Serving's warm-up requests (keraslm-export writes them) and its cap on their number.
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000
+_INT64_MAX = 2**63 - 1
 
 
 class NotFoundError(LookupError):
@@ -130,7 +134,10 @@ class Servable:
         if not os.path.isfile(path):
             return 0
         count = 0
-        for record in tf_record.tf_record_iterator(path):
+        # tf_record_iterator is deprecated for tf.data, which would need eager TF: it still works.
+        with deprecation.silence():
+            records = list(tf_record.tf_record_iterator(path))
+        for record in records:
             count += 1
             if count > MAX_WARMUP_RECORDS:
                 raise ValueError(f"{WARMUP_FILE} has over {MAX_WARMUP_RECORDS} records, TF Serving's limit")
@@ -207,8 +214,13 @@ class _Model:
 class ModelManager:
     """Every served model's loaded versions, kept up to date by a watcher thread."""
 
-    def __init__(self, specs, batching=None, poll_seconds=1.0):
+    def __init__(self, specs, batching=None, poll_seconds=1.0, config_reader=None, config_poll_seconds=0,
+                 allow_unavailable_labels=False):
         self._models = {spec.name: _Model(spec) for spec in specs}
+        # --model_config_file re-read every config_poll_seconds (0: never), by config_reader().
+        self._config_reader, self._config_poll_seconds = config_reader, config_poll_seconds
+        self._allow_unavailable_labels = allow_unavailable_labels
+        self._rejected_specs = None
         self._batching = batching
         self.batch_sizes = BatchSizeStats()
         self._poll_seconds = poll_seconds
@@ -224,22 +236,103 @@ class ModelManager:
         for name, model in self._models.items():
             if not model.loaded:
                 failures = "; ".join(f"version {version}: {error}" for version, (_, error) in sorted(model.failed.items()))
-                raise ValueError(
-                    f"model {name!r}: no version could be loaded from {model.spec.base_path}"
-                    + (f" ({failures})" if failures else " (no complete numbered version directory)")
-                )
+                available = sorted(self._available_versions(model))
+                if failures:
+                    reason = f" ({failures})"
+                elif model.spec.policy == "specific" and available:
+                    reason = (
+                        f" (model_version_policy asks for version {', '.join(map(str, model.spec.versions))}; "
+                        f"the complete versions there are {', '.join(map(str, available))})"
+                    )
+                else:
+                    reason = " (no complete numbered version directory: one with saved_model.pb and variables/)"
+                raise ValueError(f"model {name!r}: no version could be loaded from {model.spec.base_path}{reason}")
+        self.check_labels()
+
+    def check_labels(self, models=None):
+        """Without --allow_version_labels_for_unavailable_models, as in TF Serving, a version label
+        may only name a version that is loaded. Raises ValueError naming the label."""
+        if self._allow_unavailable_labels:
+            return
+        for name, model in (models or self._models).items():
+            for label, version in model.spec.labels:
+                if version not in model.loaded:
+                    raise ValueError(
+                        f"model {name!r}: version label {label!r} names version {version}, which is not loaded; "
+                        "point it at a loaded version or pass --allow_version_labels_for_unavailable_models"
+                    )
 
     def start_watching(self):
-        if self._poll_seconds > 0:
+        if self._poll_seconds > 0 or (self._config_reader and self._config_poll_seconds > 0):
             self._thread = threading.Thread(target=self._watch, name="version-watcher", daemon=True)
             self._thread.start()
 
     def _watch(self):
-        while not self._stop.wait(self._poll_seconds):
+        # One thread does both jobs, so loads never race each other.
+        periods = [period for period in (self._poll_seconds, self._config_poll_seconds if self._config_reader else 0) if period > 0]
+        tick = min(periods)
+        next_poll = next_config = time.monotonic()
+        while not self._stop.wait(tick):
+            now = time.monotonic()
             try:
-                self.poll()
+                if self._config_reader and self._config_poll_seconds > 0 and now - next_config >= self._config_poll_seconds:
+                    next_config = now
+                    self._reload_config()
+                if self._poll_seconds > 0 and now - next_poll >= self._poll_seconds:
+                    next_poll = now
+                    self.poll()
             except Exception as error:  # noqa: BLE001  The watcher must outlive a bad poll.
                 log(f"error while looking for new versions: {error}")
+
+    def _reload_config(self):
+        """Applies a changed --model_config_file: new models load, removed ones unload, policies and
+        labels change. A file that does not parse, or labels that name unloaded versions, leave
+        the running configuration as it was, with one log line."""
+        try:
+            specs = {spec.name: spec for spec in self._config_reader()}
+        except Exception as error:  # noqa: BLE001  Keep serving what is served.
+            message = " ".join(str(error).split())
+            if message != getattr(self, "_last_config_error", None):
+                log(f"the model config file was not applied: {message}")
+            self._last_config_error = message
+            return
+        self._last_config_error = None
+        if specs == {name: model.spec for name, model in self._models.items()} or specs == self._rejected_specs:
+            return
+        old_specs = {name: model.spec for name, model in self._models.items()}
+        models = dict(self._models)
+        for name in list(models):
+            if name not in specs:
+                model = models.pop(name)
+                with self._lock:
+                    servables = list(model.loaded.values())
+                    model.loaded.clear()
+                for servable in servables:
+                    servable.retire()
+                log(f"model {name!r} is no longer in the config file: unloaded")
+        for name, spec in specs.items():
+            if name in models:
+                # Labels wait until the policy's versions are loaded.
+                models[name].spec = dataclasses.replace(spec, labels=models[name].spec.labels)
+            else:
+                models[name] = _Model(dataclasses.replace(spec, labels=()))
+        self._models = models
+        self.poll()
+        for name, spec in specs.items():
+            models[name].spec = spec
+        try:
+            self.check_labels(models)
+        except ValueError as error:
+            for name, model in models.items():
+                if name in old_specs:
+                    model.spec = dataclasses.replace(model.spec, labels=old_specs[name].labels)
+                else:
+                    model.spec = dataclasses.replace(model.spec, labels=())
+            log(f"the model config file's version labels were not applied: {error}")
+            self._rejected_specs = specs  # Said once; tried again when the file changes.
+            return
+        self._rejected_specs = None
+        log(f"applied the model config file: serving {', '.join(sorted(specs))}")
 
     def _available_versions(self, model):
         try:
@@ -248,7 +341,8 @@ class ModelManager:
             return {}
         versions = {}
         for name in names:
-            if name.isdigit() and _complete(os.path.join(model.spec.base_path, name)):
+            # TF Serving's versions are int64; a longer number is not a version.
+            if name.isdigit() and int(name) <= _INT64_MAX and _complete(os.path.join(model.spec.base_path, name)):
                 versions[int(name)] = os.path.join(model.spec.base_path, name)
         return versions
 
@@ -268,8 +362,10 @@ class ModelManager:
 
     def poll(self):
         """One look at every base path: loads wanted versions, retires unwanted ones."""
-        for name, model in self._models.items():
+        for name, model in list(self._models.items()):
             available = self._available_versions(model)
+            for version in [version for version in model.failed if version not in available]:
+                del model.failed[version]  # Its directory is gone: nothing to report any more.
             while True:
                 wanted = self._wanted(model, available)
                 to_load = sorted(wanted - set(model.loaded), reverse=True)
@@ -367,6 +463,8 @@ class ModelManager:
             if version not in states:
                 raise NotFoundError(f"model {name!r} version {version} is not served")
             states = {version: states[version]}
+        if not states:
+            raise NotFoundError(f"model {name!r} has no version (its base path {model.spec.base_path} holds none)")
         return [(v, state, message) for v, (state, message) in sorted(states.items(), reverse=True)]
 
     def listing(self):

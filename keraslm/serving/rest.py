@@ -11,11 +11,9 @@ Errors are {"error": "..."}: 400 for a request to fix, 404 for an unknown model,
 """
 
 import asyncio
-import collections
 import importlib.resources
 import json
 import re
-import threading
 
 from google.protobuf import json_format
 from starlette.applications import Starlette
@@ -25,6 +23,7 @@ from starlette.routing import Route
 from tensorflow_serving.apis import get_model_metadata_pb2
 
 from keraslm.serving.batching import QueueFullError
+from keraslm.serving.metrics import metrics_text
 from keraslm.serving.models import DEFAULT_SIGNATURE, NotFoundError, model_error_message
 from keraslm.serving.tensors import RequestError, check_inputs, parse_predict_body, predict_response
 
@@ -43,40 +42,6 @@ class _HTTPError(Exception):
 
 def _error(status, message):
     return JSONResponse({"error": message}, status_code=status)
-
-
-class Metrics:
-    """Request counters for /monitoring/prometheus/metrics."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.requests = collections.Counter()  # (model, api, status) -> count
-
-    def count(self, model, api, status):
-        with self._lock:
-            self.requests[(model, api, status)] += 1
-
-    def snapshot(self):
-        with self._lock:
-            return dict(self.requests)
-
-
-def _metrics_text(manager, metrics):
-    lines = [
-        "# HELP :tensorflow:serving:request_count Requests by model, API and HTTP status.",
-        "# TYPE :tensorflow:serving:request_count counter",
-    ]
-    for (model, api, status), count in sorted(metrics.snapshot().items()):
-        lines.append(f':tensorflow:serving:request_count{{model_name="{model}",api="{api}",status="{status}"}} {count}')
-    lines += [
-        "# HELP :tensorflow:serving:batching_session:processed_batch_size Batches run, by number of rows.",
-        "# TYPE :tensorflow:serving:batching_session:processed_batch_size counter",
-    ]
-    for (model, size), count in sorted(manager.batch_sizes.snapshot().items()):
-        lines.append(
-            f':tensorflow:serving:batching_session:processed_batch_size{{model_name="{model}",batch_size="{size}"}} {count}'
-        )
-    return "\n".join(lines) + "\n"
 
 
 def _parse_version(text):
@@ -115,9 +80,8 @@ def _parse_json(body):
         raise _HTTPError(400, "malformed JSON: nested too deeply") from None
 
 
-def create_app(manager, max_request_bytes, playground=True):
-    """The Starlette app over a ModelManager."""
-    metrics = Metrics()
+def create_app(manager, metrics, max_request_bytes, playground=True, timeout_seconds=None):
+    """The Starlette app over a ModelManager; `metrics` is a metrics.Metrics shared with gRPC."""
 
     def status_json(name, version, label):
         states = manager.status(name, version, label)
@@ -147,7 +111,8 @@ def create_app(manager, max_request_bytes, playground=True):
 
     async def predict(request, name, version, label):
         body = _parse_json(await _read_body(request, max_request_bytes))
-        signature_name = body.get("signature_name", DEFAULT_SIGNATURE) if isinstance(body, dict) else DEFAULT_SIGNATURE
+        # Absent or "" is serving_default, as in TF Serving's REST and gRPC APIs.
+        signature_name = (body.get("signature_name") if isinstance(body, dict) else None) or DEFAULT_SIGNATURE
         if not isinstance(signature_name, str):
             raise RequestError("\"signature_name\" must be a string")
         servable = manager.acquire(name, version, label)
@@ -161,9 +126,16 @@ def create_app(manager, max_request_bytes, playground=True):
             inputs, layout = parse_predict_body(body, specs)
             rows = check_inputs(inputs, specs)
             if servable.batching and rows is not None:
-                result = await asyncio.wrap_future(servable.submit(signature_name, inputs, rows))
+                pending = asyncio.wrap_future(servable.submit(signature_name, inputs, rows))
             else:
-                result = await asyncio.to_thread(servable.call, signature_name, inputs)
+                pending = asyncio.to_thread(servable.call, signature_name, inputs)
+            try:
+                result = await asyncio.wait_for(pending, timeout_seconds)
+            except asyncio.TimeoutError:
+                raise _HTTPError(
+                    504, f"the request took over --rest_api_timeout_in_ms={round(timeout_seconds * 1000)}; "
+                    "send fewer rows or tokens, or raise the flag"
+                ) from None
             return predict_response(result, layout)
         finally:
             servable.release()
@@ -172,6 +144,7 @@ def create_app(manager, max_request_bytes, playground=True):
         path = request.url.path
         match = _MODEL_PATH.match(path)
         name = match.group("name") if match else None
+        label_name = name if name in manager.names else ""  # metrics: junk names share one label
         api = "unknown"
         try:
             if match is None:
@@ -199,29 +172,29 @@ def create_app(manager, max_request_bytes, playground=True):
                 api = "status"
                 response = status_json(name, version, label)
         except _HTTPError as error:
-            metrics.count(name or "", api, error.status)
+            metrics.count(label_name, api, error.status)
             return _error(error.status, str(error))
         except RequestError as error:
-            metrics.count(name or "", api, 400)
+            metrics.count(label_name, api, 400)
             return _error(400, str(error))
         except NotFoundError as error:
-            metrics.count(name or "", api, 404)
+            metrics.count(label_name, api, 404)
             return _error(404, str(error))
         except QueueFullError as error:
-            metrics.count(name or "", api, 503)
+            metrics.count(label_name, api, 503)
             return _error(503, str(error))
         except ClientDisconnect:
             return Response(status_code=499)
         except Exception as error:  # noqa: BLE001  TF errors from the model run, with their message.
             status, message = model_error_message(error)
-            metrics.count(name or "", api, status)
+            metrics.count(label_name, api, status)
             return _error(status, message)
-        metrics.count(name, api, 200)
+        metrics.count(label_name, api, 200)
         return JSONResponse(response)
 
     async def metrics_route(request):
         del request
-        return Response(_metrics_text(manager, metrics), media_type="text/plain; version=0.0.4")
+        return Response(metrics_text(metrics, manager.batch_sizes), media_type="text/plain; version=0.0.4")
 
     async def listing_route(request):
         del request
@@ -234,7 +207,8 @@ def create_app(manager, max_request_bytes, playground=True):
 
     async def not_found(request, exc):
         del exc
-        return _error(404, f"no such endpoint: {request.method} {request.url.path} (see docs/serving.md)")
+        hint = "; name a model: /v1/models/{name}" if request.url.path.rstrip("/") == "/v1/models" else ""
+        return _error(404, f"no such endpoint: {request.method} {request.url.path}{hint} (see docs/serving.md)")
 
     async def method_not_allowed(request, exc):
         del exc
@@ -243,10 +217,11 @@ def create_app(manager, max_request_bytes, playground=True):
     routes = [
         Route("/v1/models/{rest:path}", models_route, methods=["GET", "POST", "PUT", "DELETE"]),
         Route("/monitoring/prometheus/metrics", metrics_route),
-        Route("/keraslm/models", listing_route),
     ]
     if playground:
-        routes.append(Route("/", playground_route))
+        routes += [Route("/", playground_route), Route("/keraslm/models", listing_route)]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
+    # /v1/models (no name) answers 404 with the hint, not a redirect to /v1/models/.
+    app.router.redirect_slashes = False
     app.state.metrics = metrics
     return app

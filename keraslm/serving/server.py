@@ -11,7 +11,8 @@ import threading
 
 import uvicorn
 
-from keraslm.serving.grpc_api import start_grpc_server
+from keraslm.serving.grpc_api import bind_grpc_server
+from keraslm.serving.metrics import Metrics
 from keraslm.serving.models import ModelManager, log
 from keraslm.serving.rest import create_app
 
@@ -28,6 +29,10 @@ class ServerConfig:
     poll_seconds: float = 1.0
     max_request_bytes: int = 8 << 20
     playground: bool = True
+    rest_timeout_seconds: float = 30.0  # --rest_api_timeout_in_ms / 1000
+    config_reader: object = None  # callable() -> [ModelSpec]: re-reads --model_config_file
+    config_poll_seconds: float = 0.0
+    allow_unavailable_labels: bool = False
 
 
 def _listening_socket(host, port, flag):
@@ -60,24 +65,41 @@ def serve(config):
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
-    manager = ModelManager(config.specs, batching=config.batching, poll_seconds=config.poll_seconds)
-    manager.load_initial()
-    manager.start_watching()
+    manager = ModelManager(
+        config.specs,
+        batching=config.batching,
+        poll_seconds=config.poll_seconds,
+        config_reader=config.config_reader,
+        config_poll_seconds=config.config_poll_seconds,
+        allow_unavailable_labels=config.allow_unavailable_labels,
+    )
+    metrics = Metrics()
+    # Both ports are taken before the models load, so a clash fails at once, not after loading.
+    sock = None
+    if config.rest_api_port:
+        sock = _listening_socket(config.rest_api_host, config.rest_api_port, "--rest_api_port")
     grpc_server = None
     try:
         if config.grpc_port:
-            grpc_server, bound = start_grpc_server(manager, config.rest_api_host, config.grpc_port, config.max_request_bytes)
-            log(f"gRPC API at {_url_host(config.rest_api_host)}:{bound}")
-        if config.rest_api_port or not config.grpc_port:
-            sock = _listening_socket(config.rest_api_host, config.rest_api_port, "--rest_api_port")
-            port = sock.getsockname()[1]
-            app = create_app(manager, config.max_request_bytes, playground=config.playground)
+            grpc_server, grpc_port = bind_grpc_server(
+                manager, config.rest_api_host, config.grpc_port, config.max_request_bytes, metrics
+            )
+        manager.load_initial()
+        manager.start_watching()
+        if grpc_server is not None:
+            grpc_server.start()
+            log(f"gRPC API at {_url_host(config.rest_api_host)}:{grpc_port}")
+        if sock is not None:
+            app = create_app(
+                manager, metrics, config.max_request_bytes, playground=config.playground, timeout_seconds=config.rest_timeout_seconds
+            )
             server = uvicorn.Server(
                 uvicorn.Config(
                     app, log_level="warning", access_log=False, timeout_graceful_shutdown=GRACE_SECONDS, lifespan="off"
                 )
             )
-            log(f"REST API at http://{_url_host(config.rest_api_host)}:{port}" + ("  (playground page at /)" if config.playground else ""))
+            url = f"http://{_url_host(config.rest_api_host)}:{sock.getsockname()[1]}"
+            log(f"REST API at {url}" + ("  (playground page at /)" if config.playground else ""))
             # run() rather than asyncio.run(serve()): it takes uvloop's event loop when installed.
             server.run(sockets=[sock])
         else:
@@ -88,4 +110,6 @@ def serve(config):
         if grpc_server is not None:
             grpc_server.stop(GRACE_SECONDS).wait()
         manager.close()
+        if sock is not None:
+            sock.close()
         log("stopped")

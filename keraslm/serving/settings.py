@@ -29,6 +29,9 @@ class ModelSpec:
     labels: tuple = ()  # ((label, version), ...)
 
 
+MAX_BATCH_TIMEOUT_MICROS = 10_000_000
+
+
 @dataclasses.dataclass(frozen=True)
 class BatchingOptions:
     """TF Serving's batching parameters; the defaults are TF Serving's own (BasicBatchScheduler)."""
@@ -42,8 +45,13 @@ class BatchingOptions:
         for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{where}: {name} must be at least 1, got {getattr(self, name)}")
-        if self.batch_timeout_micros < 0:
-            raise InvalidInputError(f"{where}: batch_timeout_micros must be 0 or more, got {self.batch_timeout_micros}")
+        if not 0 <= self.batch_timeout_micros <= MAX_BATCH_TIMEOUT_MICROS:
+            raise InvalidInputError(
+                f"{where}: batch_timeout_micros must be between 0 and {MAX_BATCH_TIMEOUT_MICROS} (10 s), "
+                f"got {self.batch_timeout_micros}; it is how long a lone request waits for company"
+            )
+        if self.num_batch_threads > 1024 or self.max_batch_size > 1_000_000:
+            raise InvalidInputError(f"{where}: num_batch_threads (at most 1024) or max_batch_size (at most 1000000) is too large")
 
 
 def _read(path, flag):
@@ -69,6 +77,8 @@ def model_from_flags(model_name, model_base_path):
     """The one model of --model_name/--model_base_path."""
     if not model_name:
         raise InvalidInputError("--model_name is empty; name the model that clients will ask for")
+    if "/" in model_name or ":" in model_name or model_name in (".", ".."):
+        raise InvalidInputError(f"--model_name={model_name} cannot appear in a URL (/v1/models/NAME:predict); use a name without '/' and ':'")
     return [_checked(ModelSpec(name=model_name, base_path=os.path.abspath(model_base_path)), "--model_base_path")]
 
 
@@ -84,6 +94,11 @@ def read_model_config_file(path):
         where = f"{flag}={path}, model {entry.name!r}"
         if not entry.name:
             raise InvalidInputError(f"{flag}={path}: a config entry has no name")
+        if "/" in entry.name or ":" in entry.name or entry.name in (".", ".."):
+            raise InvalidInputError(
+                f"{flag}={path}: the model name {entry.name!r} cannot appear in a URL (/v1/models/NAME:predict); "
+                "use a name without '/' and ':'"
+            )
         if entry.name in names:
             raise InvalidInputError(f"{flag}={path}: the model name {entry.name!r} appears twice")
         names.add(entry.name)
@@ -155,8 +170,12 @@ def read_batching_parameters(path):
         return BatchingOptions()
     flag = "--batching_parameters_file"
     parameters = _parse(_read(path, flag), _batching_message_class()(), path, flag)
-    if parameters.pad_variable_length_inputs:
-        raise InvalidInputError(f"{flag}={path}: pad_variable_length_inputs is not supported by keraslm-serve")
+    for field in ("pad_variable_length_inputs", "allowed_batch_sizes"):
+        if getattr(parameters, field):
+            raise InvalidInputError(
+                f"{flag}={path}: {field} is not supported by keraslm-serve (keraslm's signatures take any batch size); "
+                "remove it"
+            )
     values = {
         name: getattr(parameters, name).value
         for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads")

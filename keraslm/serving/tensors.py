@@ -38,7 +38,14 @@ def _decode_strings(value, name):
     if isinstance(value, list):
         return [_decode_strings(item, name) for item in value]
     if isinstance(value, str):
-        return value.encode("utf-8")
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            # JSON's \ud800-style escapes can name half of a surrogate pair, which is no character.
+            raise RequestError(
+                f"input {name!r} holds {value[error.start]!r} at character {error.start}, half of a surrogate pair, "
+                "which is not text; send valid Unicode (or bytes as {\"b64\": ...})"
+            ) from None
     if isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
         try:
             return base64.b64decode(value["b64"], validate=True)
@@ -82,15 +89,27 @@ def to_array(value, name, spec):
         try:
             array = np.array(strings, dtype=object)
         except ValueError:
-            raise RequestError(f"input {name!r} is ragged: every row must have the same shape") from None
+            array = None
+        # numpy keeps the lists of a ragged nesting as objects rather than failing.
+        if array is None or any(not isinstance(item, bytes) for item in array.flat):
+            raise RequestError(f"input {name!r} is ragged: every row must have the same shape")
     else:
         _check_numbers(value, name, dtype_name, np.issubdtype(numpy_dtype, np.integer))
         try:
+            wide = np.array(value, dtype=np.float64 if np.issubdtype(numpy_dtype, np.floating) else None)
+            if wide.dtype == object:
+                raise ValueError("ragged")
+            if np.issubdtype(numpy_dtype, np.floating):
+                limit = np.finfo(numpy_dtype).max
+                if np.any(np.isfinite(wide) & (np.abs(wide) > limit)):
+                    raise RequestError(f"input {name!r} holds a number beyond {dtype_name}'s range (±{float(limit):.4g})")
             array = np.array(value, dtype=numpy_dtype)
         except (ValueError, OverflowError) as error:
+            if isinstance(error, RequestError):
+                raise
+            if "ragged" in str(error) or "inhomogeneous" in str(error) or "sequence" in str(error):
+                raise RequestError(f"input {name!r} is ragged: every row must have the same shape") from None
             raise RequestError(f"input {name!r} cannot be {dtype_name}: {error}") from None
-        if array.dtype == object:
-            raise RequestError(f"input {name!r} is ragged: every row must have the same shape")
     return array
 
 
