@@ -137,6 +137,8 @@ BAD_REQUESTS = [
     ("beyond float32", "POST", "/v1/models/lm:predict",
      json.dumps({"signature_name": "generate", "instances": [{**GENERATE_ROW, "temperature": 1e39}]}).encode(), 400, "float32"),
     ("no model name", "GET", "/v1/models", b"", 404, "name a model"),
+    ("beyond int64", "POST", "/v1/models/lm:predict",
+     json.dumps({"signature_name": "generate", "instances": [{**GENERATE_ROW, "seed": 10**20}]}).encode(), 400, "int64's range"),
     ("empty instances", "POST", "/v1/models/clf:predict", b'{"instances": []}', 400, "empty"),
     ("both formats", "POST", "/v1/models/clf:predict", b'{"instances": ["a"], "inputs": ["a"]}', 400, "exactly one"),
     ("missing input", "POST", "/v1/models/lm:predict", b'{"signature_name": "generate", "instances": [{"prompt": "a"}]}', 400, "missing input"),
@@ -148,7 +150,7 @@ BAD_REQUESTS = [
     ("unknown version", "POST", "/v1/models/clf/versions/9:predict", b'{"instances": ["a"]}', 404, "version 9"),
     ("path traversal", "GET", "/v1/models/..%2F..%2Fetc/metadata", b"", 404, ""),
     ("dot-dot name", "GET", "/v1/models/../metadata", b"", 404, ""),
-    ("bad version", "GET", "/v1/models/clf/versions/x1", b"", 400, "not a number"),
+    ("bad version", "GET", "/v1/models/clf/versions/x1", b"", 400, "not a version number"),
     ("unknown endpoint", "GET", "/v2/anything", b"", 404, "no such endpoint"),
     ("classify API", "POST", "/v1/models/clf:classify", b'{"examples": []}', 400, ":predict"),
     ("wrong method", "GET", "/v1/models/clf:predict", b"", 405, "POST"),
@@ -319,6 +321,12 @@ def test_grpc_predict_metadata_and_status(server):
         stub.Predict(request, timeout=60)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     request.model_spec.name = "clf"
+    # A TensorProto may repeat its last value to fill its shape; here every value must be sent.
+    request.inputs["text"].tensor_shape.dim[0].size = 2_000_000
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Predict(request, timeout=60)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "send every value" in caught.value.details()
+    request.inputs["text"].tensor_shape.dim[0].size = 2
     request.inputs["txt"].CopyFrom(request.inputs["text"])
     with pytest.raises(grpc.RpcError) as caught:
         stub.Predict(request, timeout=60)

@@ -73,10 +73,13 @@ class RestClient:
 
     def generate(self, name, prompts, max_new_tokens=100, temperature=0.8, top_k=0, top_p=1.0,
                  repetition_penalty=1.0, seed=0, stop="", version=None):
-        """A keraslm language model's `generate` signature, with every input filled in: [text].
+        """A keraslm language model's `generate` signature, with every input filled in.
 
-        prompts: a list of strings, or one string (then a list of one text comes back)."""
-        prompts = [prompts] if isinstance(prompts, str) else prompts
+        prompts: a list of strings -> a list of continuations; one string -> one continuation."""
+        if isinstance(prompts, str):
+            return self.generate(name, [prompts], max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop, version)[0]
+        if not prompts:
+            return []
         rows = [
             {
                 "prompt": prompt, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k,
@@ -87,6 +90,10 @@ class RestClient:
         return [row["text"] for row in self.predict(name, instances=rows, signature_name="generate", version=version)]
 
     def classify(self, name, texts, version=None):
-        """A keraslm classifier's serving_default: [{"label", "label_id", "scores"}] (texts: a list, or one string)."""
-        texts = [texts] if isinstance(texts, str) else texts
+        """A keraslm classifier's serving_default: [{"label", "label_id", "scores"}] for a list of texts,
+        one such dict for one string."""
+        if isinstance(texts, str):
+            return self.classify(name, [texts], version)[0]
+        if not texts:
+            return []
         return self.predict(name, instances=[{"text": text} for text in texts], version=version)

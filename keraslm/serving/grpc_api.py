@@ -167,9 +167,12 @@ def bind_grpc_server(manager, host, port, max_message_bytes, metrics=None):
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager, metrics), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     except RuntimeError:
         bound = 0
     if bound == 0:
-        raise OSError(f"--port={port}: cannot listen on {host}:{port} (in use, or not an address of this machine); pick another --port, or --port=0 for no gRPC")
+        raise OSError(
+            f"--port={port}: cannot listen on {host}:{port} (in use, or --rest_api_host is not an address of this "
+            "machine); pick another --port, or --port=0 for no gRPC"
+        )
     return server, bound

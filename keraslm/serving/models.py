@@ -221,6 +221,8 @@ class ModelManager:
         self._config_reader, self._config_poll_seconds = config_reader, config_poll_seconds
         self._allow_unavailable_labels = allow_unavailable_labels
         self._rejected_specs = None
+        self._last_config_error = None  # the last re-read's error, said once
+        self._last_watch_error = None
         self._batching = batching
         self.batch_sizes = BatchSizeStats()
         self._poll_seconds = poll_seconds
@@ -274,15 +276,24 @@ class ModelManager:
         next_poll = next_config = time.monotonic()
         while not self._stop.wait(tick):
             now = time.monotonic()
-            try:
-                if self._config_reader and self._config_poll_seconds > 0 and now - next_config >= self._config_poll_seconds:
-                    next_config = now
-                    self._reload_config()
-                if self._poll_seconds > 0 and now - next_poll >= self._poll_seconds:
-                    next_poll = now
-                    self.poll()
-            except Exception as error:  # noqa: BLE001  The watcher must outlive a bad poll.
-                log(f"error while looking for new versions: {error}")
+            if self._config_reader and self._config_poll_seconds > 0 and now - next_config >= self._config_poll_seconds:
+                next_config = now
+                self._guarded(self._reload_config, "applying the model config file")
+            if self._poll_seconds > 0 and now - next_poll >= self._poll_seconds:
+                next_poll = now
+                self._guarded(self.poll, "looking for new versions")
+
+    def _guarded(self, work, what):
+        """Runs one of the watcher's jobs; an error is logged once (not every tick) and the watcher goes on."""
+        try:
+            work()
+        except Exception as error:  # noqa: BLE001  The watcher must outlive a bad poll.
+            message = f"error while {what}: {' '.join(str(error).split())}"
+            if message != self._last_watch_error:
+                log(message)
+            self._last_watch_error = message
+        else:
+            self._last_watch_error = None
 
     def _reload_config(self):
         """Applies a changed --model_config_file: new models load, removed ones unload, policies and
@@ -292,12 +303,15 @@ class ModelManager:
             specs = {spec.name: spec for spec in self._config_reader()}
         except Exception as error:  # noqa: BLE001  Keep serving what is served.
             message = " ".join(str(error).split())
-            if message != getattr(self, "_last_config_error", None):
+            if message != self._last_config_error:
                 log(f"the model config file was not applied: {message}")
             self._last_config_error = message
             return
+        recovered = self._last_config_error is not None
         self._last_config_error = None
         if specs == {name: model.spec for name, model in self._models.items()} or specs == self._rejected_specs:
+            if recovered:
+                log("the model config file parses again and matches what is served")
             return
         old_specs = {name: model.spec for name, model in self._models.items()}
         models = dict(self._models)
@@ -426,14 +440,19 @@ class ModelManager:
             raise NotFoundError(f"Servable not found for request: model {name!r} is not served (served: {', '.join(self.names)})")
         return model
 
-    def acquire(self, name, version=None, label=None):
-        """The Servable for a request, with its in-flight count raised; call .release() after."""
+    def _model_and_version(self, name, version, label):
+        """(the model, the version asked for: by number, by label, or None for the newest)."""
         model = self._model(name)
         if label is not None:
             labels = dict(model.spec.labels)
             if label not in labels:
                 raise NotFoundError(f"model {name!r} has no version label {label!r}")
             version = labels[label]
+        return model, version
+
+    def acquire(self, name, version=None, label=None):
+        """The Servable for a request, with its in-flight count raised; call .release() after."""
+        model, version = self._model_and_version(name, version, label)
         with self._lock:
             if version is None:
                 if not model.loaded:
@@ -449,12 +468,7 @@ class ModelManager:
 
     def status(self, name, version=None, label=None):
         """[(version, state, error message)] as TF Serving's GetModelStatus reports it."""
-        model = self._model(name)
-        if label is not None:
-            labels = dict(model.spec.labels)
-            if label not in labels:
-                raise NotFoundError(f"model {name!r} has no version label {label!r}")
-            version = labels[label]
+        model, version = self._model_and_version(name, version, label)
         with self._lock:
             states = {v: ("AVAILABLE", "") for v in model.loaded}
         for failed_version, (_, message) in model.failed.items():

@@ -48,7 +48,7 @@ def _parse_version(text):
     if text is None:
         return None
     if not text.isdigit():
-        raise _HTTPError(400, f"version {text!r} is not a number")
+        raise _HTTPError(400, f"version {text!r} is not a version number (0 or more)")
     return int(text)
 
 

@@ -5,8 +5,11 @@ GRACE_SECONDS), then the models are closed and the process exits 0.
 """
 
 import dataclasses
+import errno
+import os
 import signal
 import socket
+import sys
 import threading
 
 import uvicorn
@@ -47,6 +50,11 @@ def _listening_socket(host, port, flag):
         sock.bind((host, port))
     except OSError as error:
         sock.close()
+        if isinstance(error, socket.gaierror) or error.errno == errno.EADDRNOTAVAIL:
+            raise OSError(
+                f"--rest_api_host={host}: not an address of this machine ({error.strerror}); use 127.0.0.1, 0.0.0.0 "
+                "or one of its addresses"
+            ) from None
         raise OSError(f"{flag}={port}: cannot listen on {host}:{port}: {error.strerror}; pick another {flag}") from None
     sock.listen(1024)
     sock.setblocking(False)
@@ -79,6 +87,7 @@ def serve(config):
     if config.rest_api_port:
         sock = _listening_socket(config.rest_api_host, config.rest_api_port, "--rest_api_port")
     grpc_server = None
+    serving = False
     try:
         if config.grpc_port:
             grpc_server, grpc_port = bind_grpc_server(
@@ -86,6 +95,7 @@ def serve(config):
             )
         manager.load_initial()
         manager.start_watching()
+        serving = True
         if grpc_server is not None:
             grpc_server.start()
             log(f"gRPC API at {_url_host(config.rest_api_host)}:{grpc_port}")
@@ -106,10 +116,16 @@ def serve(config):
             while not stopping.wait(3600):
                 pass
     finally:
-        log("shutting down: finishing the requests in flight")
+        if serving:
+            log("shutting down: finishing the requests in flight")
         if grpc_server is not None:
-            grpc_server.stop(GRACE_SECONDS).wait()
+            grpc_server.stop(GRACE_SECONDS if serving else 0).wait()
         manager.close()
         if sock is not None:
             sock.close()
-        log("stopped")
+    log("stopped")
+    # A request whose client gave up (a gRPC deadline) can still be running in the graph, in a
+    # worker thread that Python would wait for at exit: the grace period is over, so leave now.
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(0)

@@ -50,8 +50,9 @@ class BatchingOptions:
                 f"{where}: batch_timeout_micros must be between 0 and {MAX_BATCH_TIMEOUT_MICROS} (10 s), "
                 f"got {self.batch_timeout_micros}; it is how long a lone request waits for company"
             )
-        if self.num_batch_threads > 1024 or self.max_batch_size > 1_000_000:
-            raise InvalidInputError(f"{where}: num_batch_threads (at most 1024) or max_batch_size (at most 1000000) is too large")
+        for name, limit in (("max_batch_size", 1_000_000), ("max_enqueued_batches", 1_000_000), ("num_batch_threads", 1024)):
+            if getattr(self, name) > limit:
+                raise InvalidInputError(f"{where}: {name} must be at most {limit}, got {getattr(self, name)}")
 
 
 def _read(path, flag):
@@ -131,9 +132,7 @@ def _checked(spec, where):
         raise InvalidInputError(
             f"{where}={spec.base_path} is a version directory; pass its parent (the base path holds numbered versions)"
         )
-    for label, version in spec.labels:
-        if spec.policy == "specific" and version not in spec.versions:
-            raise InvalidInputError(f"{where}: version label {label!r} points at version {version}, which is not served")
+    # Labels are checked against the versions loaded (ModelManager.check_labels), as TF Serving does.
     return spec
 
 

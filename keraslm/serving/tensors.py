@@ -79,6 +79,10 @@ def _check_numbers(value, name, dtype_name, integer):
         raise RequestError(f"input {name!r} takes {dtype_name}, got {_kind(value)}")
     if integer and isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
         raise RequestError(f"input {name!r} takes {dtype_name}, got the number {value}")
+    if integer:
+        limits = np.iinfo(dtype_name)
+        if not limits.min <= value <= limits.max:
+            raise RequestError(f"input {name!r} holds {value}, beyond {dtype_name}'s range ({limits.min} to {limits.max})")
 
 
 def to_array(value, name, spec):
@@ -233,6 +237,27 @@ def from_tensor_proto(proto, name, spec):
     if proto.dtype != want.as_datatype_enum:
         got = dtypes.as_dtype(proto.dtype).name if proto.dtype else "no dtype"
         raise RequestError(f"input {name!r} takes {dtype_name}, got {got}")
+    if proto.tensor_shape.unknown_rank:
+        raise RequestError(f"input {name!r} has no shape")
+    elements = 1
+    for dim in proto.tensor_shape.dim:
+        if dim.size < 0:
+            raise RequestError(f"input {name!r} has a negative dimension ({dim.size})")
+        elements *= dim.size
+    # TensorProto lets a shape repeat the last value given; a 60-byte request could then ask for
+    # millions of rows. Here every element must be sent.
+    if proto.tensor_content:
+        given = len(proto.tensor_content) // max(want.size, 1)
+    else:
+        fields = [field for field, _ in proto.ListFields() if field.name.endswith("_val")]
+        given = len(getattr(proto, fields[0].name)) if fields else 0
+        if want == dtypes.string:
+            given = len(proto.string_val)
+    if given != elements:
+        raise RequestError(
+            f"input {name!r} has shape {[dim.size for dim in proto.tensor_shape.dim]} ({elements} values) but carries "
+            f"{given}; send every value"
+        )
     try:
         return tensor_util.MakeNdarray(proto)
     except (TypeError, ValueError) as error:
