@@ -106,12 +106,6 @@ def free_port():
 START_TIMEOUT = 120
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class ServeProcess:
     """keraslm-serve in a subprocess; stderr goes to a file the test can read."""
 

@@ -486,13 +486,13 @@ def test_flag_errors_are_one_line(tmp_path, exports):
         ([f"--model_base_path={exports['root'] / 'lm'}", "--model_name=a", f"--model_config_file={exports['config']}"], "either"),
         ([f"--model_base_path={exports['root'] / 'lm' / '1'}", "--model_name=a"], "version directory"),
         ([f"--model_config_file={exports['config']}", f"--batching_parameters_file={exports['batching']}"], "--enable_batching"),
-        ([f"--model_name=a", f"--model_base_path={tmp_path}"], "no version could be loaded"),
+        (["--model_name=a", f"--model_base_path={tmp_path}"], "no version could be loaded"),
     ]
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen(1)
     busy = taken.getsockname()[1]
-    one_model = [f"--model_name=a", f"--model_base_path={exports['root'] / 'lm'}"]
+    one_model = ["--model_name=a", f"--model_base_path={exports['root'] / 'lm'}"]
     cases += [
         ([*one_model, f"--port={busy}"], f"--port={busy}: cannot listen"),
         ([*one_model, f"--rest_api_port={busy}"], f"--rest_api_port={busy}: cannot listen"),

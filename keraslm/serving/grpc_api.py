@@ -14,7 +14,8 @@ from tensorflow_serving.apis import (
 )
 
 from keraslm.serving.batching import QueueFullError
-from keraslm.serving.models import DEFAULT_SIGNATURE, NotFoundError, model_error_message
+from keraslm.serving.models import NotFoundError
+from keraslm.serving.servable import DEFAULT_SIGNATURE, model_error_message
 from keraslm.serving.tensors import RequestError, check_inputs, from_tensor_proto, to_tensor_proto
 
 

@@ -24,7 +24,8 @@ from tensorflow_serving.apis import get_model_metadata_pb2
 
 from keraslm.serving.batching import QueueFullError
 from keraslm.serving.metrics import metrics_text
-from keraslm.serving.models import DEFAULT_SIGNATURE, NotFoundError, model_error_message
+from keraslm.serving.models import NotFoundError
+from keraslm.serving.servable import DEFAULT_SIGNATURE, model_error_message
 from keraslm.serving.tensors import RequestError, check_inputs, parse_predict_body, predict_response
 
 # TF Serving's URL grammar: a name without '/' or ':', then an optional version or label.
