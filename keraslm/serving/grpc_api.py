@@ -15,7 +15,7 @@ from tensorflow_serving.apis import (
 
 from keraslm.serving.batching import QueueFullError
 from keraslm.serving.models import NotFoundError
-from keraslm.serving.servable import DEFAULT_SIGNATURE, model_error_message
+from keraslm.serving.servable import model_error_message
 from keraslm.serving.tensors import RequestError, check_inputs, from_tensor_proto, to_tensor_proto
 
 
@@ -63,13 +63,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         except NotFoundError as error:
             _abort(context, error)
         try:
-            signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            if signature_name not in servable.specs:
-                raise RequestError(
-                    f"Serving signature name: \"{signature_name}\" not found in signature def; this model's "
-                    f"signatures are {', '.join(sorted(servable.specs))}"
-                )
-            specs = servable.specs[signature_name]
+            signature_name, specs = servable.signature(request.model_spec.signature_name)
             inputs = {}
             for key, proto in request.inputs.items():
                 if key not in specs:
@@ -115,13 +109,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         except NotFoundError as error:
             _abort(context, error)
         try:
-            signatures = get_model_metadata_pb2.SignatureDefMap()
-            for key, signature in servable.signature_defs.items():
-                signatures.signature_def[key].CopyFrom(signature)
             response = get_model_metadata_pb2.GetModelMetadataResponse()
             response.model_spec.name = name
             response.model_spec.version.value = servable.version
-            response.metadata["signature_def"].Pack(signatures)
+            response.metadata["signature_def"].Pack(servable.signature_def_map())
             return response
         finally:
             servable.release()

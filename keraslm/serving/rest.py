@@ -20,12 +20,11 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
-from tensorflow_serving.apis import get_model_metadata_pb2
 
 from keraslm.serving.batching import QueueFullError
 from keraslm.serving.metrics import metrics_text
 from keraslm.serving.models import NotFoundError
-from keraslm.serving.servable import DEFAULT_SIGNATURE, model_error_message
+from keraslm.serving.servable import model_error_message
 from keraslm.serving.tensors import RequestError, check_inputs, parse_predict_body, predict_response
 
 # TF Serving's URL grammar: a name without '/' or ':', then an optional version or label.
@@ -100,30 +99,22 @@ def create_app(manager, metrics, max_request_bytes, playground=True, timeout_sec
     def metadata_json(name, version, label):
         servable = manager.acquire(name, version, label)
         try:
-            signatures = get_model_metadata_pb2.SignatureDefMap()
-            for key, signature in servable.signature_defs.items():
-                signatures.signature_def[key].CopyFrom(signature)
+            signatures = json_format.MessageToDict(servable.signature_def_map(), preserving_proto_field_name=True)
             return {
                 "model_spec": {"name": name, "signature_name": "", "version": str(servable.version)},
-                "metadata": {"signature_def": json_format.MessageToDict(signatures, preserving_proto_field_name=True)},
+                "metadata": {"signature_def": signatures},
             }
         finally:
             servable.release()
 
     async def predict(request, name, version, label):
         body = _parse_json(await _read_body(request, max_request_bytes))
-        # Absent or "" is serving_default, as in TF Serving's REST and gRPC APIs.
-        signature_name = (body.get("signature_name") if isinstance(body, dict) else None) or DEFAULT_SIGNATURE
-        if not isinstance(signature_name, str):
+        signature_name = body.get("signature_name") if isinstance(body, dict) else None
+        if not isinstance(signature_name, (str, type(None))):
             raise RequestError("\"signature_name\" must be a string")
         servable = manager.acquire(name, version, label)
         try:
-            if signature_name not in servable.specs:
-                raise RequestError(
-                    f"Serving signature name: \"{signature_name}\" not found in signature def; this model's signatures "
-                    f"are {', '.join(sorted(servable.specs))}"
-                )
-            specs = servable.specs[signature_name]
+            signature_name, specs = servable.signature(signature_name)
             inputs, layout = parse_predict_body(body, specs)
             rows = check_inputs(inputs, specs)
             if servable.batching and rows is not None:
@@ -201,9 +192,10 @@ def create_app(manager, metrics, max_request_bytes, playground=True, timeout_sec
         del request
         return JSONResponse({"models": manager.listing()})
 
+    page = importlib.resources.files("keraslm.serving").joinpath("playground.html").read_text(encoding="utf-8") if playground else ""
+
     async def playground_route(request):
         del request
-        page = importlib.resources.files("keraslm.serving").joinpath("playground.html").read_text(encoding="utf-8")
         return HTMLResponse(page)
 
     async def not_found(request, exc):

@@ -11,14 +11,13 @@ import threading
 
 from tensorflow.python.lib.io import tf_record
 from tensorflow.python.util import deprecation
-from tensorflow_serving.apis import prediction_log_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2, prediction_log_pb2
 
-from keraslm.inference import assertion_message
+from keraslm.inference import CONFIG_ASSET, assertion_message
 from keraslm.saved_model_session import SavedModelSession
 from keraslm.serving.batching import Batcher
-from keraslm.serving.tensors import from_tensor_proto, input_specs
+from keraslm.serving.tensors import RequestError, from_tensor_proto, input_specs
 
-CONFIG_ASSET = "config.json"
 DEFAULT_SIGNATURE = "serving_default"  # what a request without signature_name runs, as in TF Serving
 # TF Serving's warm-up requests (keraslm-export writes them) and its cap on their number.
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -91,10 +90,11 @@ class Servable:
             if log.WhichOneof("log_type") != "predict_log":
                 raise ValueError(f"{WARMUP_FILE}: record {count} is a {log.WhichOneof('log_type')}; only predict_log is replayed")
             request = log.predict_log.request
-            name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            if name not in self.specs:
-                raise ValueError(f"{WARMUP_FILE}: record {count} asks for the signature {name!r}, which this model lacks")
-            inputs = {key: from_tensor_proto(proto, key, self.specs[name][key]) for key, proto in request.inputs.items()}
+            try:
+                name, specs = self.signature(request.model_spec.signature_name)
+            except RequestError as error:
+                raise ValueError(f"{WARMUP_FILE}: record {count}: {error}") from None
+            inputs = {key: from_tensor_proto(proto, key, specs[key]) for key, proto in request.inputs.items()}
             self.call(name, inputs)
         return count
 
@@ -128,6 +128,24 @@ class Servable:
         for batcher in self._batchers.values():
             batcher.close()
         self.session.close()
+
+    def signature(self, signature_name):
+        """(the signature's name, its input specs) for a request's signature_name: absent or ""
+        is serving_default, as in TF Serving; an unknown one is a RequestError naming those there are."""
+        signature_name = signature_name or DEFAULT_SIGNATURE
+        if signature_name not in self.specs:
+            raise RequestError(
+                f"Serving signature name: \"{signature_name}\" not found in signature def; this model's signatures "
+                f"are {', '.join(sorted(self.specs))}"
+            )
+        return signature_name, self.specs[signature_name]
+
+    def signature_def_map(self):
+        """The SignatureDefMap that GetModelMetadata (gRPC) and /metadata (REST) report."""
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        for key, signature in self.signature_defs.items():
+            signatures.signature_def[key].CopyFrom(signature)
+        return signatures
 
     @property
     def batching(self):
