@@ -12,9 +12,6 @@ batching by length and the whitespace-free WordPiece input moved into keraslm (c
 has both); --bucket and --drop_space are those two, done here.
 """
 import argparse
-import gzip
-import hashlib
-import json
 import os
 import sys
 import time
@@ -72,7 +69,7 @@ from keraslm import tables
 from keraslm.config import ModelConfig, TokenizerConfig, TrainConfig
 from keraslm.tokenizers import train_tokenizer, load_tokenizer
 from keraslm.backbones import build_backbone
-from keraslm.tasks.classifier_model import build_classifier, MaskedPooling
+from keraslm.tasks.classifier_model import build_classifier
 from keraslm.training import make_optimizer
 
 keras.utils.set_random_seed(args.seed)

@@ -20,6 +20,8 @@ PRETRAINING_TASKS = ("lm", "mlm")
 TOKENIZERS = ("char", "byte", "wordpiece", "sentencepiece")
 MODELS = ("transformer", "lstm")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
+# tf.distribute strategies (keraslm.distribution).
+STRATEGIES = ("default", "mirrored", "multi_worker")
 TRUNCATIONS = ("head", "head_tail")
 
 # Vocabulary cap used when --vocabulary_size is 0 for the tokenizers that must have one.
@@ -182,7 +184,19 @@ class TrainConfig:
     freeze_steps: int = setting(
         0, "With --init_from: train only the new head for this many steps, then the whole model."
     )
-    batch_size: int = setting(12, "Windows (lm, mlm) or examples (classify) per optimizer step.")
+    batch_size: int = setting(
+        12,
+        "Windows (lm, mlm) or examples (classify) per forward/backward pass; an optimizer step reads "
+        "--grad_accum_steps of these batches. The global batch: with --strategy=mirrored or multi_worker it is split "
+        "evenly over all replicas (so it must be a multiple of their number).",
+    )
+    # The step's examples are those of one --batch_size=batch_size × N batch, so a run may resume
+    # with another split of the same product (keraslm.gradient_accumulation).
+    grad_accum_steps: int = setting(
+        1,
+        "Gradient accumulation: each optimizer step averages the gradients of this many batches of --batch_size, "
+        "so the effective batch is --batch_size × this with the memory of one --batch_size batch. 1: none.",
+    )
     train_steps: int = setting(2000, "Optimizer steps in the whole run (a resumed run ends here too).")
     learning_rate: float = setting(1e-3, "Peak AdamW learning rate, reached after --warmup_steps.")
     # Cosine decay ends here (nanoGPT: learning_rate / 10).
@@ -206,6 +220,43 @@ class TrainConfig:
     mixed_precision: str = setting(
         "none", "Keras dtype policy; mixed_float16 for CUDA GPUs.", choices=MIXED_PRECISION
     )
+    strategy: str = setting(
+        "default",
+        "Devices and machines to train on, with tf.distribute: default (one device); mirrored (MirroredStrategy "
+        "over every local GPU, or over --num_cpu_devices logical CPUs); multi_worker (MultiWorkerMirroredStrategy "
+        "over the cluster the TF_CONFIG environment variable describes: run the same command on every machine, "
+        "with a --work_dir they all share). --batch_size stays the global batch, split evenly over all replicas.",
+        choices=STRATEGIES,
+    )
+    num_cpu_devices: int = setting(
+        0, "--strategy=mirrored: mirror over this many logical CPU devices (for testing without GPUs). 0: the GPUs."
+    )
+
+    def _validate_strategy(self):
+        """What Keras 3.15's model.fit cannot run under a tf.distribute strategy, refused up front."""
+        if self.strategy not in STRATEGIES:
+            raise InvalidInputError(f"--strategy={self.strategy!r} is not known; use one of {', '.join(STRATEGIES)}")
+        if self.num_cpu_devices < 0:
+            raise InvalidInputError(f"--num_cpu_devices={self.num_cpu_devices} must not be negative")
+        if self.num_cpu_devices and self.strategy != "mirrored":
+            raise InvalidInputError(
+                f"--num_cpu_devices={self.num_cpu_devices} is for --strategy=mirrored (now --strategy={self.strategy})"
+            )
+        if self.strategy == "default":
+            return
+        if self.jit_compile:
+            # Keras wraps the whole distributed step (every replica's) in one XLA function, which
+            # cannot reach the other devices' variables; Keras itself turns XLA off under a strategy.
+            raise InvalidInputError(
+                f"--jit_compile=true does not work with --strategy={self.strategy} (Keras compiles every replica's "
+                "step as one XLA program on one device); leave --jit_compile unset or false"
+            )
+        if self.steps_per_execution > 1:
+            # Keras' multi-step loop over a distributed iterator fails to run (keras-team/keras#19246).
+            raise InvalidInputError(
+                f"--steps_per_execution={self.steps_per_execution} does not work with --strategy={self.strategy} "
+                "in Keras 3 (keras-team/keras#19246); use --steps_per_execution=1"
+            )
 
     def resolved_warmup_steps(self):
         if self.warmup_steps == -1:
@@ -216,7 +267,7 @@ class TrainConfig:
         _check_finite(self, ("learning_rate", "min_learning_rate", "weight_decay", "beta_1", "beta_2", "gradient_clip_norm"))
         if not self.train_data:
             raise InvalidInputError("--train_data is required: the file to train on")
-        for name in ("batch_size", "train_steps", "eval_interval", "steps_per_execution"):
+        for name in ("batch_size", "grad_accum_steps", "train_steps", "eval_interval", "steps_per_execution"):
             value = getattr(self, name)
             if value < 1:
                 raise InvalidInputError(f"--{name}={value} must be at least 1")
@@ -247,6 +298,7 @@ class TrainConfig:
             raise InvalidInputError(
                 f"--mixed_precision={self.mixed_precision!r} is not known; use one of {', '.join(MIXED_PRECISION)}"
             )
+        self._validate_strategy()
         _check_finite(self, ("valid_fraction",))
         if not self.valid_data and not 0 < self.valid_fraction < 1:
             raise InvalidInputError(f"--valid_fraction={self.valid_fraction} must be between 0 and 1 (0.1 holds out 10%)")

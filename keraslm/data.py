@@ -5,14 +5,13 @@ says where. Training windows are a pure function of (seed, step), so a resumed r
 the batches the interrupted run would have seen.
 """
 
-import os
-
 import numpy as np
 import tensorflow as tf
 
-from keraslm import tables
+from keraslm import corpus as corpus_lib
 from keraslm.errors import InvalidInputError
 from keraslm.files import read_utf8
+from keraslm.token_store import shard_counts, shard_reader
 from keraslm.tokenizers import text_chunks
 
 # nanoGPT's convention: without --valid_data, the last 10% of the text is held out.
@@ -27,35 +26,15 @@ def read_text_file(path, flag="--train_data"):
     return text
 
 
-def is_table(path):
-    """A CSV, TSV or JSONL file (optionally .gz), by its name."""
-    name = path[:-3] if path.endswith(".gz") else path
-    return os.path.splitext(name)[1].lower() in (".csv", ".tsv", ".jsonl", ".json")
-
-
-def split_paths(paths):
-    """'a.txt,b.jsonl.gz' -> ['a.txt', 'b.jsonl.gz'] (a repeated flag arrives joined by commas)."""
-    return [path.strip() for path in paths.split(",") if path.strip()]
-
-
 def read_corpus(paths, flag="--train_data", text_column=""):
-    """The raw text of one or more files (comma-separated), read as one corpus.
+    """The raw text of one or more files (comma-separated, glob patterns allowed) as one str.
 
-    A plain UTF-8 text file (optionally .gz) is taken as it is; a CSV, TSV or JSONL file
-    (optionally .gz) gives its text column (--text_column, or a guessed one), one example per
-    line, labels ignored. Files are joined with a line break between them.
+    Small corpora only: training streams the text (keraslm.corpus), which this joins. A plain
+    UTF-8 text file (optionally .gz) is taken as it is; a CSV, TSV or JSONL file (optionally .gz)
+    gives its text column (--text_column, or a guessed one), one example per line, labels ignored.
+    Files are joined with a line break between them.
     """
-    names = split_paths(paths)
-    if not names:
-        raise InvalidInputError(f"{flag} is empty; give the path of a UTF-8 text file (or a CSV/TSV/JSONL file)")
-    parts = []
-    for path in names:
-        if is_table(path):
-            texts = tables.read_table(path, flag, text_column, labelled=False).texts
-            parts.append("\n".join(text.strip("\n") for text in texts) + "\n")
-        else:
-            parts.append(read_text_file(path, flag))
-    return "\n".join(part.rstrip("\n") for part in parts) + "\n" if len(parts) > 1 else parts[0]
+    return "".join(corpus_lib.open_corpus(paths, flag, text_column).text())
 
 
 def split_for_validation(text, fraction=VALIDATION_FRACTION):
@@ -79,13 +58,13 @@ def tokenize_text(tokenizer, text):
     return np.concatenate([ids.numpy() for ids in dataset])
 
 
-def check_long_enough(ids, sequence_length, what, path):
+def check_long_enough(num_tokens, sequence_length, what, path):
     """A language-model window needs sequence_length + 1 tokens."""
-    if len(ids) < sequence_length + 1:
+    if num_tokens < sequence_length + 1:
         # "--train_data=a.txt" for a flag, "validation text a.txt" otherwise.
         source = f"{what}={path}" if what.startswith("--") else f"{what} {path}"
         raise InvalidInputError(
-            f"{source} has {len(ids)} tokens, fewer than --sequence_length={sequence_length} + 1; "
+            f"{source} has {num_tokens} tokens, fewer than --sequence_length={sequence_length} + 1; "
             "use a longer text or a smaller --sequence_length"
         )
 
@@ -100,36 +79,63 @@ def steps_per_epoch(num_tokens, sequence_length, batch_size):
     return max(1, _windows_per_epoch(num_tokens, sequence_length) // batch_size)
 
 
-def language_model_dataset(ids, sequence_length, batch_size, seed, start_step=0, num_steps=None):
+def language_model_dataset(shards, sequence_length, batch_size, seed, start_step=0, num_steps=None):
     """Shuffled (inputs, targets) batches of int32 [batch_size, sequence_length].
 
-    Each epoch cuts the token stream into windows of sequence_length + 1 at a random offset and
-    shuffles them; epochs follow each other without a gap. Everything is stateless random keyed by
-    (seed, epoch), so batch number k is the same whether or not the run was interrupted before it.
+    `shards`: a keraslm.token_store.TokenShards, or one int32 array of ids (a single shard).
+    Each epoch visits the shards in a fresh random order, SHUFFLE_SHARDS at a time with their
+    windows interleaved; each shard is cut into windows of sequence_length + 1 at a random offset
+    and its windows are shuffled. Only the shards being read are in memory, whatever the corpus
+    size. Epochs follow each other without a gap. Everything is stateless random keyed by (seed,
+    epoch, shard), so batch number k is the same whether or not the run was interrupted before it.
+    A single shard (a corpus under 4M tokens) is keyed by (seed, epoch) alone: its batches are
+    keraslm 0.2's, which cut the whole token array this way.
     """
-    ids = tf.constant(ids, tf.int32)
-    num_tokens = int(ids.shape[0])
-    windows = _windows_per_epoch(num_tokens, sequence_length)
-    slack = num_tokens - 1 - windows * sequence_length  # >= 0; the offset's range
+    read = shard_reader(shards)
+    counts = shard_counts(shards)
+    # Shards too short for two windows hold < 2 * sequence_length tokens: left out (the last one, at most).
+    usable = [index for index, count in enumerate(counts) if _windows_per_epoch(count, sequence_length) > 0]
+    windows = sum(_windows_per_epoch(counts[index], sequence_length) for index in usable)
+    num_shards = len(usable)
+    usable = tf.constant(usable, tf.int64)
+    positions = tf.range(sequence_length + 1, dtype=tf.int64)
     first_window = start_step * batch_size
     first_epoch, skip = divmod(first_window, windows)
 
-    def epoch_starts(epoch):
-        epoch_seed = tf.stack([tf.cast(seed, tf.int64), epoch])
-        offset = tf.random.stateless_uniform([], epoch_seed, 0, slack + 1, dtype=tf.int64)
-        starts = offset + sequence_length * tf.range(windows, dtype=tf.int64)
-        return tf.data.Dataset.from_tensor_slices(tf.random.experimental.stateless_shuffle(starts, epoch_seed))
+    def shard_windows(epoch, index):
+        ids = read(index)
+        num_tokens = tf.shape(ids, out_type=tf.int64)[0]
+        count = (num_tokens - 1) // sequence_length
+        count = tf.where(count >= 2, count - 1, count)  # _windows_per_epoch, in the graph
+        slack = num_tokens - 1 - count * sequence_length  # >= 0; the offset's range
+        key = tf.stack([tf.cast(seed, tf.int64), epoch if num_shards == 1 else epoch * len(counts) + index])
+        offset = tf.random.stateless_uniform([], key, 0, slack + 1, dtype=tf.int64)
+        starts = tf.random.experimental.stateless_shuffle(offset + sequence_length * tf.range(count, dtype=tf.int64), key)
+        window = tf.gather(ids, starts[:, None] + positions[None, :])  # (count, S + 1)
+        return tf.data.Dataset.from_tensor_slices((window[:, :-1], window[:, 1:]))
+
+    def epoch_windows(epoch):
+        order = usable if num_shards == 1 else tf.random.experimental.stateless_shuffle(usable, tf.stack([tf.cast(seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices(order).interleave(
+            lambda index: shard_windows(epoch, index),
+            cycle_length=min(SHUFFLE_SHARDS, num_shards),
+            block_length=1,
+        )
 
     dataset = (
         tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max)
-        .flat_map(epoch_starts)
+        .flat_map(epoch_windows)
         .skip(skip)
         .batch(batch_size, drop_remainder=True)
     )
     if num_steps is not None:
         dataset = dataset.take(num_steps)
-    dataset = dataset.map(_window_pairs(ids, sequence_length), num_parallel_calls=_PIPELINE_PARALLELISM)
     return dataset.prefetch(_PIPELINE_PREFETCH).with_options(_fixed_pipeline_options())
+
+
+# Shards whose windows one epoch interleaves: the training batches mix SHUFFLE_SHARDS * 4M tokens
+# of text, and at most this many shards' windows are in memory (~16 MB each as int32).
+SHUFFLE_SHARDS = 4
 
 
 def _fixed_pipeline_options():
@@ -138,42 +144,55 @@ def _fixed_pipeline_options():
     With tf.data's autotuning on (its default), whole 250-step segments ran at exactly 41.0 ms
     per step instead of ~23 on this 2-core machine, each time the pipeline was re-created
     between evaluations; with it off, every segment ran at ~23 (BENCHMARKS.md). The pipelines
-    are cheap index gathers, so fixed parallelism and a small prefetch buffer lose nothing.
+    are cheap reads and index gathers, so a small fixed prefetch buffer loses nothing.
+
+    Sharding across workers is DATA, never FILE: under tf.distribute every worker runs the whole
+    pipeline; each global batch (--batch_size) is split into one slice per replica, in order, and
+    each worker keeps its own replicas' slices. Global batch k under N workers therefore holds
+    exactly the windows of batch k on one device, so batches stay a function of (seed, step)
+    whatever the strategy and number of workers: a resumed run sees the same data, and mirrored
+    training computes the loss the default strategy does. AUTO would shard by FILE wherever the
+    pipeline reads token files, giving each worker other windows than that.
     """
     options = tf.data.Options()
     options.autotune.enabled = False
     options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return options
 
 
-# Parallelism and buffering of the training / validation pipelines (autotuning is off).
-_PIPELINE_PARALLELISM = 2
+# Buffering of the training / validation pipelines (autotuning is off).
 _PIPELINE_PREFETCH = 2
 
 
-def _window_pairs(ids, sequence_length):
-    """A map function: window start offsets (B,) -> (inputs, targets), each (B, sequence_length)."""
-    positions = tf.range(sequence_length + 1, dtype=tf.int64)
-
-    def gather(starts):
-        window = tf.gather(ids, starts[:, None] + positions[None, :])  # (B, S + 1)
-        return window[:, :-1], window[:, 1:]
-
-    return gather
-
-
-def evaluation_dataset(ids, sequence_length, batch_size, max_batches=0):
+def evaluation_dataset(shards, sequence_length, batch_size, max_batches=0):
     """Non-overlapping windows over the whole text, in order: every token is predicted once.
 
-    Batches are full (a ragged last batch would cost a second XLA compilation), so up to
-    batch_size - 1 windows at the end are left out.
+    `shards` as for language_model_dataset; windows do not cross shards. Batches are full (a
+    ragged last batch would cost a second XLA compilation), so up to batch_size - 1 windows at the
+    end are left out.
     """
-    ids = tf.constant(ids, tf.int32)
-    num_windows = (int(ids.shape[0]) - 1) // sequence_length
+    read = shard_reader(shards)
+    counts = shard_counts(shards)
+    num_windows = sum((count - 1) // sequence_length for count in counts if count > 0)
     batch_size = min(batch_size, num_windows)
-    starts = sequence_length * tf.range(num_windows, dtype=tf.int64)
-    dataset = tf.data.Dataset.from_tensor_slices(starts).batch(batch_size, drop_remainder=True)
+    positions = tf.range(sequence_length + 1, dtype=tf.int64)
+
+    def shard_windows(index):
+        ids = read(index)
+        count = (tf.shape(ids, out_type=tf.int64)[0] - 1) // sequence_length
+        window = tf.gather(ids, sequence_length * tf.range(count, dtype=tf.int64)[:, None] + positions[None, :])
+        return tf.data.Dataset.from_tensor_slices((window[:, :-1], window[:, 1:]))
+
+    num_batches = num_windows // batch_size if batch_size else 0
     if max_batches:
-        dataset = dataset.take(max_batches)
-    dataset = dataset.map(_window_pairs(ids, sequence_length), num_parallel_calls=_PIPELINE_PARALLELISM)
+        num_batches = min(num_batches, max_batches)
+    dataset = (
+        tf.data.Dataset.range(len(counts))
+        .flat_map(shard_windows)
+        .batch(batch_size, drop_remainder=True)
+        .take(num_batches)
+        # Keras evaluates a dataset of known length without a "ran out of data" warning.
+        .apply(tf.data.experimental.assert_cardinality(num_batches))
+    )
     return dataset.prefetch(_PIPELINE_PREFETCH).with_options(_fixed_pipeline_options())

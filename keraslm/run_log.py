@@ -39,11 +39,13 @@ class RunLog:
     """One record per evaluation, kept in <work_dir>/metrics.json and mirrored to TensorBoard.
 
     A resumed run first forgets records past the checkpoint it restarts from, since it will
-    measure those steps again.
+    measure those steps again. write=False (a multi-worker run's other workers): the records are
+    kept in memory only; the chief writes the files.
     """
 
-    def __init__(self, work_dir, resume_step, loss_unit="token"):
+    def __init__(self, work_dir, resume_step, loss_unit="token", write=True):
         self.work_dir = work_dir
+        self.write = write
         # What the loss is averaged over, for the plot's axis: "token", "example".
         self.loss_unit = loss_unit
         self.records = [record for record in load_records(work_dir) if record["step"] <= resume_step]
@@ -53,6 +55,8 @@ class RunLog:
     def add(self, record):
         """Appends {'step', 'train_loss', 'val_loss', ...} and rewrites every output."""
         self.records.append(record)
+        if not self.write:
+            return
         write_json_atomic(os.path.join(self.work_dir, METRICS_FILE), {"evaluations": self.records})
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(os.path.join(self.work_dir, TENSORBOARD_DIR))

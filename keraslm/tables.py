@@ -299,7 +299,17 @@ def classification_dataset(ids, labels, batch_size, seed, start_step=0, num_step
     if num_steps is not None:
         dataset = dataset.take(num_steps)
     dataset = dataset.map(lambda rows: (_trimmed(tf.gather(ids, rows)), tf.gather(labels, rows)))
-    return dataset.prefetch(2)
+    return _sharded_by_data(dataset.prefetch(2))
+
+
+def _sharded_by_data(dataset):
+    """Under tf.distribute, each global batch is split over the replicas in order, whatever the
+    number of workers, so batch k stays a function of (seed, k) (keraslm.data._fixed_pipeline_options)."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
 
 
 def _trimmed(ids):
@@ -321,6 +331,8 @@ def evaluation_batches(ids, labels, batch_size):
     """Every example once, in order; the last batch may be smaller."""
     import tensorflow as tf
 
-    return tf.data.Dataset.from_tensor_slices((ids, labels)).batch(batch_size).map(
-        lambda rows, row_labels: (_trimmed(rows), row_labels)
-    ).prefetch(2)
+    return _sharded_by_data(
+        tf.data.Dataset.from_tensor_slices((ids, labels)).batch(batch_size).map(
+            lambda rows, row_labels: (_trimmed(rows), row_labels)
+        ).prefetch(2)
+    )

@@ -8,6 +8,10 @@ export) comes from keraslm.tasks.
 
 Checkpoints keep the backbone apart from the task's head ("backbone/...", "head/<layer>/..."),
 so that a backbone trained by one task can be restored under another task's head.
+
+Under --strategy=mirrored or multi_worker (keraslm.distribution) the model, optimizer and step
+counter are built in the strategy's scope and model.fit splits each global batch over the
+replicas; in a multi-worker run every worker trains, and only the chief writes the work directory.
 """
 
 import dataclasses
@@ -20,14 +24,15 @@ import typing
 import keras
 import tensorflow as tf
 
-from keraslm import checkpoints, pretrained as pretrained_lib, run_log
+from keraslm import checkpoints, distribution, gradient_accumulation, pretrained as pretrained_lib, run_log
 from keraslm.config import RunConfig, load_run_config, save_run_config
 from keraslm.errors import InvalidInputError, TrainingDivergedError
 from keraslm.files import is_disk_full
 from keraslm.run_log import RunLog
 from keraslm.tasks import get_task
+from keraslm.token_store import Storage
 from keraslm.tokenizers import load_tokenizer, train_tokenizer
-from keraslm.work_dir import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_DIR, WorkDir
+from keraslm.work_dir import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_DIR, TOKENS_DIR, WorkDir
 
 
 @dataclasses.dataclass
@@ -42,6 +47,10 @@ class TrainResult:
     wall_seconds: float
     train_seconds: float
     steps_run: int
+    # False on a multi-worker run's other workers: the chief reports and exports.
+    chief: bool = True
+    # The tf.distribute strategy trained under (keraslm.distribution.wait_for_each_other).
+    strategy: object = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def ms_per_step(self):
@@ -57,6 +66,10 @@ def resolve_jit_compile(config):
     """
     if config.train.jit_compile is not None:
         return config.train.jit_compile
+    if config.train.strategy != "default":
+        # Keras compiles the whole distributed step as one XLA program, which cannot reach the
+        # other replicas' variables (--jit_compile=true is refused there: TrainConfig).
+        return False
     if config.task == "classify":
         # Classifier batches are cut to their longest text, so their width varies, and XLA
         # compiles once per width: a tiny Transformer classifier's first segments ran at 1.4-5.7
@@ -78,7 +91,8 @@ def make_optimizer(train):
         decay_steps=train.train_steps - warmup_steps,
         alpha=train.min_learning_rate / train.learning_rate,
     )
-    optimizer = keras.optimizers.AdamW(
+    # Keras' AdamW, with gradient clipping that also holds under tf.distribute (keraslm.distribution).
+    optimizer = distribution.AdamW(
         learning_rate=schedule,
         weight_decay=train.weight_decay,
         beta_1=train.beta_1,
@@ -88,6 +102,10 @@ def make_optimizer(train):
     )
     # Biases and normalization scales are not decayed (GPT-2 / nanoGPT practice).
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    if train.mixed_precision == "mixed_float16":
+        # The loss-scale wrapper compile would add, but deciding on overflow for all replicas
+        # together (keraslm.distribution).
+        optimizer = distribution.LossScaleOptimizer(optimizer, name="loss_scale_optimizer")
     return optimizer
 
 
@@ -111,8 +129,10 @@ def build_compiled_model(config, task=None):
         steps_per_execution=config.train.steps_per_execution,
         **task.compile_args(config),
     )
+    if config.train.grad_accum_steps > 1:
+        gradient_accumulation.accumulate_gradients(model, config.train.grad_accum_steps)
     # Optimizer slots exist before any step, so a checkpoint can be restored into them. Under
-    # mixed_float16, compile wrapped the optimizer in a LossScaleOptimizer: build that one.
+    # mixed_float16 the optimizer is a LossScaleOptimizer (make_optimizer): build that one.
     model.optimizer.build(model.trainable_variables)
     return model
 
@@ -127,13 +147,20 @@ def _check_vocabulary(tokenizer, model, where, whose):
         )
 
 
-def _prepare_work_dir(directory, config, task, corpora, say, pretrained=None):
+def _prepare_work_dir(directory, config, task, corpora, say, pretrained=None, chief=True, verbose=True):
     """Loads (resume), copies (--init_from) or trains (new run) the tokenizer; tokenizes the corpora.
 
     A new run's tokenizer and config.json are staged and move into place only once all of this
     has succeeded, so bad input leaves nothing behind. An existing run's tokenizer and config are
-    never replaced. Returns (saved config or None, the task's prepared data).
+    never replaced. Token shards are written under <work_dir>/tokens/ directly (not staged), so a
+    tokenizing process that is killed resumes where it was. Returns (saved config or None, the
+    task's prepared data).
+
+    chief=False (a multi-worker run's other workers): `directory` is the work directory's path,
+    read only; this waits for the chief's config.json, tokenizer and token shards and loads them.
     """
+    if not chief:
+        return _wait_for_chief(directory, config, task, corpora, say, verbose)
     saved = directory.saved_config(config)
     if saved:
         tokenizer = load_tokenizer(directory.file(TOKENIZER_DIR))
@@ -171,11 +198,53 @@ def _prepare_work_dir(directory, config, task, corpora, say, pretrained=None):
         else:
             tokenizer = train_tokenizer(config.tokenizer, task.tokenizer_text(corpora), os.path.join(staging, TOKENIZER_DIR))
     config.model.vocabulary_size = tokenizer.vocabulary_size + config.model.extra_ids
-    prepared = task.prepare(config, tokenizer, corpora, say)
+    storage = Storage(
+        tokens_dir=directory.file(TOKENS_DIR),
+        tokenizer_dir=os.path.join(staging or directory.path, TOKENIZER_DIR),
+        verbose=verbose,
+    )
+    prepared = task.prepare(config, tokenizer, corpora, say, storage)
     if staging:
         save_run_config(config, os.path.join(staging, CONFIG_FILE))
         directory.commit(staging)
     return saved, prepared
+
+
+def _wait_for_chief(path, config, task, corpora, say, verbose):
+    """A worker that is not the chief: the chief's run, once its config.json and tokenizer exist
+    (a new run's appear after its tokens), and its token shards, read only. Ends with an error
+    when the chief stops answering: it failed (bad input, a crash) or the work directory is not
+    the one the chief writes."""
+    config_path, tokenizer_dir = os.path.join(path, CONFIG_FILE), os.path.join(path, TOKENIZER_DIR)
+    check = _ChiefWatch(path)
+    while not (os.path.isfile(config_path) and os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json"))):
+        check()
+    saved = load_run_config(config_path)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    config.model.vocabulary_size = tokenizer.vocabulary_size + config.model.extra_ids
+    storage = Storage(os.path.join(path, TOKENS_DIR), tokenizer_dir, write=False, verbose=verbose, wait=check)
+    return saved, task.prepare(config, tokenizer, corpora, say, storage)
+
+
+class _ChiefWatch:
+    """Called once per poll by a worker waiting for the chief's files: sleeps a second, says every
+    30 s that it is still waiting, and raises once the chief no longer accepts connections."""
+
+    def __init__(self, path):
+        self.path = path
+        self.waited = 0
+
+    def __call__(self):
+        time.sleep(1)
+        self.waited += 1
+        if self.waited % 5 == 0 and not distribution.chief_reachable():
+            raise InvalidInputError(
+                f"the chief ({distribution.chief_address()} in TF_CONFIG) stopped answering while this worker waited "
+                f"for it to prepare the run in --work_dir={self.path}: see the chief's error. --work_dir must be one "
+                "directory every worker shares; rerun every worker's command to resume"
+            )
+        if self.waited % 30 == 0:
+            print(f"keraslm: waiting for the chief to prepare the run in {self.path} ({self.waited} s)", file=sys.stderr, flush=True)
 
 
 # The progress bar's label for Keras' running mean of the training loss within a segment.
@@ -225,8 +294,11 @@ def _save_failure(error):
     return None
 
 
-def _restore(checkpoint, directory, saved, verbose):
-    """Restores the newest readable checkpoint; returns its step (0 for a new run)."""
+def _restore(checkpoint, directory, saved, verbose, chief=True):
+    """Restores the newest readable checkpoint; returns its step (0 for a new run).
+
+    chief=False (a multi-worker run's other workers): reads the chief's checkpoints and leaves them as they are.
+    """
     checkpoint_dir = directory.file(CHECKPOINT_DIR)
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if verbose else (lambda line: None)
     restored = checkpoints.restore_newest_intact(checkpoint, checkpoint_dir, directory.display, say=say)
@@ -239,7 +311,7 @@ def _restore(checkpoint, directory, saved, verbose):
                 "Put the checkpoint files back, or delete the work directory to start over"
             )
         return 0
-    if checkpoints.read_index(checkpoint_dir)[0] != restored:
+    if chief and checkpoints.read_index(checkpoint_dir)[0] != restored:
         # So that CheckpointManager (and export) see the checkpoint actually resumed from.
         checkpoints.rewrite_index(checkpoint_dir, restored)
     return checkpoints.step_of(restored)
@@ -287,17 +359,46 @@ def train(config: RunConfig, work_dir, verbose=True, explicit=None):
     """Trains (or resumes) the run described by `config` in `work_dir`; returns a TrainResult.
 
     explicit: with --init_from, the names of the settings the user gave (keraslm.pretrained).
+
+    Under --strategy=multi_worker every worker calls this with the same config and work_dir (a
+    directory they all share); only the chief locks and writes it (keraslm.distribution).
     """
     started = time.perf_counter()
     config.validate()
+    # Before any other TensorFlow op: logical devices and the cluster are fixed at start-up.
+    strategy = distribution.create_strategy(config.train)
+    distribution.check_batch_size(config.train, strategy)
+    chief = distribution.is_chief(strategy)
+    verbose = verbose and chief
     task = get_task(config.task)
     pretrained = _pretrained_run(config, work_dir, explicit, verbose)
     task.resolve(config)
     # Read and checked before the work directory is touched: bad input leaves nothing behind.
     corpora = task.read(config)
     config.labels = task.labels(corpora)
-    with WorkDir(work_dir) as directory:
-        return _train_in(directory, config, task, corpora, started, verbose, pretrained)
+    try:
+        if not chief:
+            return _train_in(_ChiefsWorkDir(work_dir), config, task, corpora, started, verbose, pretrained, strategy)
+        with WorkDir(work_dir) as directory:
+            return _train_in(directory, config, task, corpora, started, verbose, pretrained, strategy)
+    except tf.errors.OpError as error:
+        saved = checkpoints.checkpoint_files(os.path.join(work_dir, CHECKPOINT_DIR))
+        lost = distribution.worker_lost(error, strategy, checkpoints.step_of(saved[0]) if saved else 0)
+        if lost is None:
+            raise
+        raise lost from None
+
+
+class _ChiefsWorkDir:
+    """A multi-worker run's work directory as its other workers see it: read only and not locked
+    (the chief holds the lock and writes everything)."""
+
+    def __init__(self, path):
+        self.display = f"--work_dir={path}"
+        self.path = os.path.realpath(path)
+
+    def file(self, name):
+        return os.path.join(self.path, name)
 
 
 def _check_freeze_on_resume(directory, saved, freeze_steps, step):
@@ -311,6 +412,25 @@ def _check_freeze_on_resume(directory, saved, freeze_steps, step):
         )
 
 
+def _note_effective_batch_change(directory, saved, train, step):
+    """Step k reads the k-th batch of batch_size × grad_accum_steps examples, so a resumed run
+    may split that batch otherwise (less memory, the same steps), but one that changes the
+    product reads from step `step` on other examples than the run would have: allowed, as any
+    training setting may change, and said."""
+    if not (saved and step):
+        return
+    before, now = (gradient_accumulation.optimizer_step_batch_size(run) for run in (saved.train, train))
+    if before != now:
+        print(
+            f"keraslm: note: resuming {directory.display} at step {step} with {now} examples per optimizer step "
+            f"(--batch_size={train.batch_size} × --grad_accum_steps={train.grad_accum_steps}), was {before} "
+            f"({saved.train.batch_size} × {saved.train.grad_accum_steps}): from here on it reads other batches than "
+            "the run would have",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def _set_backbone_trainable(model, backbone, trainable):
     """--freeze_steps: the backbone joins (or leaves) training; the step function is rebuilt, as
     it reads the trainable variables when it is traced."""
@@ -319,26 +439,34 @@ def _set_backbone_trainable(model, backbone, trainable):
         model.make_train_function(force=True)
 
 
-def _train_in(directory, config, task, corpora, started, verbose, pretrained=None):
+def _train_in(directory, config, task, corpora, started, verbose, pretrained=None, strategy=None):
     say = (lambda line: print(line, flush=True)) if verbose else (lambda line: None)
-    saved, prepared = _prepare_work_dir(directory, config, task, corpora, say, pretrained)
+    strategy = strategy or tf.distribute.get_strategy()
+    chief = distribution.is_chief(strategy)
+    saved, prepared = _prepare_work_dir(
+        directory if chief else directory.path, config, task, corpora, say, pretrained, chief=chief, verbose=verbose
+    )
     train = config.train
     keras.utils.set_random_seed(train.seed)
-    model = build_compiled_model(config, task)
-    backbone, head = split_model(model)
+    # Variables (model, optimizer, step counter) are created under the strategy: mirrored on
+    # every replica, and restored into all of them from the chief's checkpoint.
+    with strategy.scope():
+        model = build_compiled_model(config, task)
+        backbone, head = split_model(model)
 
-    # Steps taken, counted apart from optimizer.iterations: under mixed_float16 the loss-scale
-    # optimizer does not count the steps it skips on overflow, and the data index must not lag.
-    steps_taken = tf.Variable(0, dtype=tf.int64, trainable=False, name="steps_taken")
-    checkpoint = tf.train.Checkpoint(
-        backbone=backbone,
-        head=head,
-        optimizer=model.optimizer,
-        steps_taken=steps_taken,
-        # Dropout's random streams: without them a resumed run would draw other masks.
-        random_state=[variable for variable in model.variables if variable.path.endswith("seed_generator_state")],
-    )
-    restored_step = _restore(checkpoint, directory, saved, verbose)
+        # Steps taken, counted apart from optimizer.iterations: under mixed_float16 the loss-scale
+        # optimizer does not count the steps it skips on overflow, and the data index must not lag.
+        steps_taken = tf.Variable(0, dtype=tf.int64, trainable=False, name="steps_taken")
+        checkpoint = tf.train.Checkpoint(
+            backbone=backbone,
+            head=head,
+            optimizer=model.optimizer,
+            steps_taken=steps_taken,
+            # Dropout's random streams: without them a resumed run would draw other masks.
+            random_state=[variable for variable in model.variables if variable.path.endswith("seed_generator_state")],
+        )
+    restored_step = _restore(checkpoint, directory, saved, verbose, chief)
+    distribution.check_same_checkpoint(strategy, restored_step, directory.display)
     if pretrained and not restored_step:
         pretrained_lib.restore_backbone(backbone, pretrained)
         say(
@@ -349,16 +477,23 @@ def _train_in(directory, config, task, corpora, started, verbose, pretrained=Non
         # A checkpoint from before steps_taken existed: the optimizer counted the steps.
         steps_taken.assign(int(model.optimizer.iterations))
     _check_freeze_on_resume(directory, saved, config.train.freeze_steps, int(steps_taken.numpy()))
-    manager = tf.train.CheckpointManager(checkpoint, directory.file(CHECKPOINT_DIR), max_to_keep=3)
+    if chief:
+        _note_effective_batch_change(directory, saved, train, int(steps_taken.numpy()))
+    # Other workers take part in each (collective) save into a temporary directory of their own.
+    manager = (
+        tf.train.CheckpointManager(checkpoint, directory.file(CHECKPOINT_DIR), max_to_keep=3)
+        if chief
+        else distribution.WorkerCheckpoints(checkpoint)
+    )
     step = int(steps_taken.numpy())
-    log = RunLog(directory.path, step, loss_unit=task.throughput_unit.rstrip("s"))
+    log = RunLog(directory.path, step, loss_unit=task.throughput_unit.rstrip("s"), write=chief)
     eval_dataset = task.eval_dataset(prepared, config)
     if verbose:
         resumed = f", resuming from step {step}" if step else ""
         classes = f", {len(config.labels)} classes" if config.labels else ""
         print(
             f"keraslm: {task.describe(prepared)}{classes}, vocabulary {config.model.vocabulary_size:,}, "
-            f"{model.count_params():,} parameters{resumed}",
+            f"{model.count_params():,} parameters{distribution.describe(strategy)}{resumed}",
             flush=True,
         )
     # A live bar on a terminal; in a log file the per-evaluation lines say the same.
@@ -372,6 +507,9 @@ def _train_in(directory, config, task, corpora, started, verbose, pretrained=Non
     train_loss = val_loss = float("nan")
     val_metrics = {}
     train_seconds, first_step, last_saved_step = 0.0, step, step
+    # Training batches hold an optimizer step's examples, batch_size × grad_accum_steps; the
+    # train step splits them into micro-batches (keraslm.gradient_accumulation).
+    step_config = gradient_accumulation.optimizer_step_config(config)
     while step < train.train_steps:
         # A segment ends at the next multiple of eval_interval (or the last step).
         segment_end = min(train.train_steps, (step // train.eval_interval + 1) * train.eval_interval)
@@ -380,7 +518,9 @@ def _train_in(directory, config, task, corpora, started, verbose, pretrained=Non
             segment_end = min(segment_end, train.freeze_steps)
         _set_backbone_trainable(model, backbone, step >= train.freeze_steps)
         segment_steps = segment_end - step
-        dataset = task.train_dataset(prepared, config, step, segment_steps)
+        dataset = task.train_dataset(prepared, step_config, step, segment_steps)
+        gradient_accumulation.check_batches(dataset, train)
+        distribution.prepare_for_fit(model, strategy, dataset)
         watch = _StepCallback(progbar, step)
         segment_started = time.perf_counter()
         history = model.fit(
@@ -409,7 +549,7 @@ def _train_in(directory, config, task, corpora, started, verbose, pretrained=Non
             **{f"val_{key}": value for key, value in val_metrics.items() if key != "loss"},
             "learning_rate": float(model.optimizer.learning_rate),
             "ms_per_step": 1000.0 * segment_seconds / segment_steps,
-            f"{task.throughput_unit}_per_second": segment_steps * task.units_per_step(config) / segment_seconds,
+            f"{task.throughput_unit}_per_second": segment_steps * task.units_per_step(step_config) / segment_seconds,
             "elapsed_seconds": time.perf_counter() - started,
         }
         # Metrics first, checkpoint second: a crash between the two resumes from the previous
@@ -417,7 +557,7 @@ def _train_in(directory, config, task, corpora, started, verbose, pretrained=Non
         try:
             log.add(record)
             manager.save(checkpoint_number=step)
-            if saved and last_saved_step == first_step and saved.train != train:
+            if chief and saved and last_saved_step == first_step and saved.train != train:
                 # Once this invocation has a checkpoint, config.json records its training
                 # settings; the model and tokenizer settings are the run's own (checked above).
                 save_run_config(config, directory.file(CONFIG_FILE))
@@ -458,6 +598,8 @@ def _train_in(directory, config, task, corpora, started, verbose, pretrained=Non
         wall_seconds=time.perf_counter() - started,
         train_seconds=train_seconds,
         steps_run=step - first_step,
+        chief=chief,
+        strategy=strategy,
     )
 
 

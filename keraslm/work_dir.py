@@ -20,6 +20,9 @@ from keraslm.files import pid_alive
 CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
+# Token shards (keraslm.token_store). Written in place, not staged, so that a killed tokenizing
+# process resumes: a directory holding only these is not yet a run, and a new run may use it.
+TOKENS_DIR = "tokens"
 _STAGING_PREFIX = ".staging-"
 
 
@@ -63,7 +66,8 @@ class WorkDir:
     def __exit__(self, kind, error, traceback):
         if kind is not None and self._descriptor is not None:
             shutil.rmtree(self.file(f"{_STAGING_PREFIX}{os.getpid()}"), ignore_errors=True)
-            if self.created and not self.is_run():
+            # Bad input leaves nothing behind; Ctrl-C keeps the token shards written so far.
+            if self.created and not self.is_run() and not issubclass(kind, KeyboardInterrupt):
                 # A new directory that never became a run: leave nothing behind.
                 shutil.rmtree(self.path, ignore_errors=True)
         if self._descriptor is not None:
@@ -76,7 +80,7 @@ class WorkDir:
         for name in os.listdir(self.path):
             if name.startswith(_STAGING_PREFIX):
                 shutil.rmtree(os.path.join(self.path, name), ignore_errors=True)
-        if not self.is_run() and os.listdir(self.path) == [TOKENIZER_DIR]:
+        if not self.is_run() and set(os.listdir(self.path)) - {TOKENS_DIR} == {TOKENIZER_DIR}:
             # Killed between moving the tokenizer and config.json into place.
             shutil.rmtree(os.path.join(self.path, TOKENIZER_DIR), ignore_errors=True)
         # Earlier keraslm versions staged beside the directory as <work_dir>.tmp-<pid>.
@@ -106,7 +110,7 @@ class WorkDir:
         --train_data would silently remap every id the checkpoint was trained on.
         """
         if not self.is_run():
-            if os.listdir(self.path):
+            if set(os.listdir(self.path)) - {TOKENS_DIR}:
                 raise InvalidInputError(
                     f"{self.display} exists, is not empty and has no {CONFIG_FILE}; "
                     "it is not a keraslm work directory, so pick another --work_dir"

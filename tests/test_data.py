@@ -1,10 +1,21 @@
-"""Reading text files with clear errors, and the training / validation pipelines."""
+"""Reading text files with clear errors, streaming corpora, token shards, and the training /
+validation pipelines."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from keraslm import data
+from keraslm import corpus as corpus_lib, data, token_store
+from keraslm.config import TokenizerConfig
 from keraslm.errors import InputNotFoundError, InvalidInputError
+from keraslm.tokenizers import text_chunks, train_tokenizer
 
 
 def test_reads_utf8_and_drops_a_byte_order_mark(tmp_path):
@@ -111,4 +122,192 @@ def test_evaluation_covers_the_held_out_text_in_order():
 
 def test_too_short_for_a_window_names_the_flag():
     with pytest.raises(InvalidInputError, match=r"--train_data=data.txt has 10 tokens.*--sequence_length=64"):
-        data.check_long_enough(np.arange(10), 64, "--train_data", "data.txt")
+        data.check_long_enough(10, 64, "--train_data", "data.txt")
+
+
+# === Streaming corpora (keraslm.corpus) ===
+
+# Line breaks of every kind, "\r\n" among them, and text without a final break.
+_AWKWARD = "one\r\ntwo\rthree\n\nfour\u2028five\x0csix 七八九\r\n" * 700 + "last line without a break"
+
+
+def test_streamed_chunks_are_splitlines_chunks_whatever_the_block_size(tmp_path, monkeypatch):
+    path = tmp_path / "awkward.txt"
+    path.write_bytes(_AWKWARD.encode("utf-8"))
+    for block_bytes in (1, 7, 4096, 1 << 20):
+        monkeypatch.setattr(corpus_lib, "_BLOCK_BYTES", block_bytes)
+        corpus = corpus_lib.open_corpus(str(path))
+        assert corpus.num_characters == len(_AWKWARD)
+        assert list(corpus_lib.chunks(corpus.text())) == text_chunks(_AWKWARD), block_bytes
+        assert "".join(corpus.text(100, 2345)) == _AWKWARD[100:2345]
+
+
+def test_several_files_and_globs_are_one_corpus_counted_as_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus_lib, "_BLOCK_BYTES", 5)
+    (tmp_path / "part-1.txt").write_text("first\n\n\n", encoding="utf-8")
+    (tmp_path / "part-2.txt").write_text("second\nthird", encoding="utf-8")
+    (tmp_path / "extra.txt").write_text("\n\nextra\n", encoding="utf-8")
+    paths = f"{tmp_path}/part-*.txt,{tmp_path / 'extra.txt'}"
+    corpus = corpus_lib.open_corpus(paths)
+    assert corpus.files == [str(tmp_path / name) for name in ("part-1.txt", "part-2.txt", "extra.txt")]
+    text = "".join(corpus.text())
+    assert text == "first\nsecond\nthird\n\n\nextra\n" == data.read_corpus(paths)
+    assert corpus.num_characters == len(text)
+    with pytest.raises(InputNotFoundError, match=r"--valid_data=.*nothing-\*\.txt: the pattern matches no file"):
+        corpus_lib.open_corpus(f"{tmp_path}/nothing-*.txt", "--valid_data")
+
+
+def test_a_bad_byte_in_a_later_block_is_placed_exactly(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus_lib, "_BLOCK_BYTES", 4)
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("\ufeffline one\nlíne two\ncaf".encode("utf-8") + b"\xe9 au lait\n")
+    with pytest.raises(InvalidInputError, match=r"line 3, column 4 \(byte offset 25\): byte 0xe9"):
+        corpus_lib.open_corpus(str(path))
+
+
+def test_the_tokenizer_sample_is_bounded_and_spread_over_the_text(tmp_path):
+    text = "".join(f"line {index}\n" for index in range(100_000))
+    path = tmp_path / "big.txt"
+    path.write_text(text, encoding="utf-8")
+    corpus = corpus_lib.open_corpus(str(path))
+    assert corpus_lib.sample(corpus, 0, len(text), limit=len(text)) == text
+    sample = corpus_lib.sample(corpus, 0, len(text), limit=100_000)
+    assert 50_000 < len(sample) <= 110_000
+    assert sample.startswith("line 0\n") and int(sample.splitlines()[-1].split()[1]) > 95_000
+
+
+# === Token shards (keraslm.token_store) ===
+
+
+def _char_tokenizer(text, directory):
+    return train_tokenizer(TokenizerConfig(tokenizer="char"), text, str(directory))
+
+
+def test_shards_hold_the_tokens_of_the_whole_text(tmp_path, monkeypatch):
+    monkeypatch.setattr(token_store, "SHARD_TOKENS", 5000)
+    monkeypatch.setattr(token_store, "_CHUNKS_PER_BATCH", 2)  # shards end between tokenizer calls
+    path = tmp_path / "text.txt"
+    path.write_text(_AWKWARD, encoding="utf-8")
+    tokenizer = _char_tokenizer(_AWKWARD, tmp_path / "tokenizer")
+    corpus = corpus_lib.open_corpus(str(path))
+    store = token_store.write(str(tmp_path / "tokens"), corpus, 0, corpus.num_characters, tokenizer, verbose=False)
+    assert len(store.files) > 2 and store.dtype == "uint16"
+    np.testing.assert_array_equal(store.read_all(), data.tokenize_text(tokenizer, _AWKWARD))
+    # A complete store is reused as it is.
+    assert token_store.write(store.directory, corpus, 0, corpus.num_characters, tokenizer, verbose=False) == store
+
+
+_KILLED_WRITER = """
+import sys
+from keraslm import corpus, token_store
+from keraslm.tokenizers import load_tokenizer
+token_store.SHARD_TOKENS = 20_000
+token_store._CHUNKS_PER_BATCH = 4
+text = corpus.open_corpus(sys.argv[1])
+print("started", flush=True)
+token_store.write(sys.argv[2], text, 0, text.num_characters, load_tokenizer(sys.argv[3]), verbose=False)
+"""
+
+
+def test_tokenizing_killed_with_sigkill_resumes_after_its_last_shard(tmp_path):
+    """A real `kill -9` of a tokenizing process; the rerun keeps its shards and ends with the same tokens."""
+    text = "".join(f"{index} {_AWKWARD[index % 500 : index % 500 + 40]}\n" for index in range(60_000))
+    path = tmp_path / "text.txt"
+    path.write_text(text, encoding="utf-8")
+    tokenizer = _char_tokenizer(text, tmp_path / "tokenizer")
+    directory = tmp_path / "tokens"
+    process = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(path), str(directory), str(tmp_path / "tokenizer")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (directory / "progress.json").exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    assert not (directory / "manifest.json").exists(), "finished before the kill: make the text longer"
+    kept = json.loads((directory / "progress.json").read_text())["files"]
+    assert kept
+    before = {name: (directory / name).stat().st_mtime_ns for name in kept}
+    corpus = corpus_lib.open_corpus(str(path))
+    store = token_store.write(str(directory), corpus, 0, corpus.num_characters, tokenizer, verbose=False)
+    assert {name: (directory / name).stat().st_mtime_ns for name in kept} == before  # not written again
+    assert len(store.files) > len(kept)
+    np.testing.assert_array_equal(store.read_all(), data.tokenize_text(tokenizer, text))
+
+
+def _reference_batches(ids, sequence_length, batch_size, seed, num_steps):
+    """keraslm 0.2's training batches (one in-memory token array), kept to check the shards against."""
+    windows = data._windows_per_epoch(len(ids), sequence_length)  # pylint: disable=protected-access
+    slack = len(ids) - 1 - windows * sequence_length
+    starts = []
+    epoch = 0
+    while len(starts) < batch_size * num_steps:
+        key = tf.constant([seed, epoch], tf.int64)
+        offset = tf.random.stateless_uniform([], key, 0, slack + 1, dtype=tf.int64)
+        epoch_starts = offset + sequence_length * tf.range(windows, dtype=tf.int64)
+        starts.extend(tf.random.experimental.stateless_shuffle(epoch_starts, key).numpy().tolist())
+        epoch += 1
+    batches = []
+    for step in range(num_steps):
+        window = np.stack([ids[start : start + sequence_length + 1] for start in starts[step * batch_size : (step + 1) * batch_size]])
+        batches.append((window[:, :-1], window[:, 1:]))
+    return batches
+
+
+def test_a_corpus_in_one_shard_gives_the_batches_of_keraslm_0_2(tmp_path):
+    """Streaming from a shard file gives exactly the batches the in-memory pipeline gave."""
+    ids = np.random.default_rng(1).integers(1, 300, 3000).astype(np.int32)
+    (tmp_path / "shard-00000.bin").write_bytes(ids.astype("<u2").tobytes())
+    store = token_store.TokenShards(str(tmp_path), ["shard-00000.bin"], [len(ids)], "uint16")
+    expected = _reference_batches(ids, 16, 8, seed=11, num_steps=50)  # 50 steps: past 2 epochs
+    for source in (store, ids):
+        got = _batches(source, sequence_length=16, batch_size=8, seed=11, num_steps=50)
+        for (x, y), (x_expected, y_expected) in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(x, x_expected)
+            np.testing.assert_array_equal(y, y_expected)
+
+
+def _shards(tmp_path, ids, sizes):
+    files, start = [], 0
+    for index, size in enumerate(sizes):
+        name = f"shard-{index:05d}.bin"
+        (tmp_path / name).write_bytes(ids[start : start + size].astype("<i4").tobytes())
+        files.append(name)
+        start += size
+    return token_store.TokenShards(str(tmp_path), files, list(sizes), "int32")
+
+
+def test_many_shards_cover_every_shard_each_epoch_and_resume_exactly(tmp_path):
+    ids = np.arange(6 * 500 + 7, dtype=np.int32)
+    store = _shards(tmp_path, ids, [500] * 6 + [7])  # the 7-token shard is too short: left out
+    # 500 tokens, stride 10: 48 windows per shard per epoch; 6 shards: 288 windows, 36 batches of 8.
+    batches = _batches(store, sequence_length=10, batch_size=8, seed=2, num_steps=72)
+    first = np.concatenate([x[:, 0] for x, _ in batches[:36]])
+    second = np.concatenate([x[:, 0] for x, _ in batches[36:]])
+    for epoch in (first, second):
+        assert len(set(epoch)) == 288
+        assert sorted(set(epoch // 500)) == [0, 1, 2, 3, 4, 5]
+        assert all(np.bincount(epoch // 500) == 48)
+    for x, y in batches:
+        np.testing.assert_array_equal(y, x + 1)
+        assert (x[:, 0] // 500 == x[:, -1] // 500).all() and (x[:, -1] % 500 < 499).all()  # within one shard
+    # Batches mix shards (SHUFFLE_SHARDS interleaved), and epochs differ.
+    assert max(len(set(x[:, 0] // 500)) for x, _ in batches) > 1
+    assert not np.array_equal(first, second)
+    resumed = _batches(store, sequence_length=10, batch_size=8, seed=2, start_step=41, num_steps=20)
+    for (x, y), (x_full, y_full) in zip(resumed, batches[41:61], strict=True):
+        np.testing.assert_array_equal(x, x_full)
+
+
+def test_evaluation_reads_every_shard_in_order(tmp_path):
+    ids = np.arange(3 * 81, dtype=np.int32)
+    store = _shards(tmp_path, ids, [81, 81, 81])
+    batches = [(x.numpy(), y.numpy()) for x, y in data.evaluation_dataset(store, sequence_length=8, batch_size=5)]
+    x = np.concatenate([x for x, _ in batches])
+    # 10 windows per shard, 30 in all: 6 batches of 5, every token of each shard predicted once.
+    assert len(batches) == 6
+    np.testing.assert_array_equal(x.reshape(-1), np.concatenate([np.arange(80) + 81 * index for index in range(3)]))

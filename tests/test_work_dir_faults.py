@@ -277,6 +277,35 @@ def test_a_second_run_on_the_same_work_dir_is_refused_and_kill_9_is_recovered(co
     assert "resuming from step" in resumed.stdout or "nothing to train" in resumed.stdout
 
 
+def test_kill_9_while_tokenizing_a_new_run_resumes_the_tokens(tmp_path):
+    """keraslm-train killed after its first token shard: the rerun trains the same tokenizer,
+    keeps that shard, tokenizes the rest and trains; the run is as if never interrupted."""
+    big = tmp_path / "big.txt"
+    big.write_text(SHAKESPEARE.read_text(encoding="utf-8") * 6, encoding="utf-8")  # 6.7M characters: 2 shards
+    work_dir = tmp_path / "run"
+    args = [f"--train_data={big}", f"--work_dir={work_dir}", *TINY, "--train_steps=10"]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "keraslm.cli.train", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not list(work_dir.glob("tokens/train-*/progress.json")):
+            assert first.poll() is None and time.monotonic() < deadline, "the first run did not write a shard"
+            time.sleep(0.05)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    (store,) = work_dir.glob("tokens/train-*")
+    assert not (store / "manifest.json").exists() and not (work_dir / "config.json").exists()
+    first_shard = (store / "shard-00000.bin").stat().st_mtime_ns
+    resumed = run_cli("train", *args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after" in resumed.stdout
+    assert (store / "shard-00000.bin").stat().st_mtime_ns == first_shard
+    assert sum(json.loads((store / "manifest.json").read_text())["counts"]) == int(len(big.read_text()) * 0.9)
+    assert _steps(work_dir) == [10]
+
+
 def test_leftovers_of_killed_runs_and_exports_are_removed(corpus, base_run, tmp_path):
     # What kill -9 leaves: a staging directory inside a new work directory (tokenizer training)
     # and a .tmp-export-<pid>-* directory in an export directory (a PID that cannot exist).

@@ -2,7 +2,6 @@
 
 import os
 import sys
-import tempfile
 
 from absl import app, flags, logging
 

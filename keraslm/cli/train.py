@@ -18,8 +18,17 @@ FLAGS = flags.FLAGS
 def define_flags():
     # Every training setting, from keraslm.config's declarations.
     settings.define_flags(config_lib.RunConfig)
-    flags.DEFINE_string("work_dir", "", "Directory for config, tokenizer, checkpoints and logs (required). Rerun to resume.")
-    flags.DEFINE_string("export_dir", "", "If set, export a SavedModel to <export_dir>/<next version>/ after training.")
+    flags.DEFINE_string(
+        "work_dir",
+        "",
+        "Directory for config, tokenizer, checkpoints and logs (required). Rerun to resume. --strategy=multi_worker: "
+        "the same directory on every worker, on storage they all share; only the chief writes it.",
+    )
+    flags.DEFINE_string(
+        "export_dir",
+        "",
+        "If set, export a SavedModel to <export_dir>/<next version>/ after training (multi_worker: the chief does).",
+    )
 
 
 def config_from_flags():
@@ -40,12 +49,21 @@ def main(argv):
             "--export_dir, then fine-tune it with keraslm-train --task=classify --init_from=<this --work_dir>"
         )
     # Imported after flag checks: TensorFlow takes seconds to load.
-    from keraslm import export, training
+    from keraslm import distribution, training
 
     # With --init_from, a setting given here that the pretraining run set otherwise is an error;
     # one left at its default is taken from that run.
     explicit = {name for name in FLAGS if FLAGS[name].present}
     result = training.train(config, FLAGS.work_dir, explicit=explicit)
+    if result.chief:  # A multi-worker run's other workers leave reporting and export to the chief.
+        _report_and_export(result)
+    # --strategy=multi_worker: the workers leave the cluster together, once the chief has exported.
+    distribution.wait_for_each_other(result.strategy)
+
+
+def _report_and_export(result):
+    from keraslm import export
+
     if result.steps_run:
         timing = f"{result.wall_seconds:.1f} s wall, {result.ms_per_step:.1f} ms/step over {result.steps_run} steps"
     else:

@@ -80,7 +80,8 @@ class ClassifyTask:
     def labels(self, corpora):
         return corpora.labels
 
-    def prepare(self, config, tokenizer, corpora, say):
+    def prepare(self, config, tokenizer, corpora, say, storage):
+        del storage  # Labelled examples are held in memory (a table is read whole).
         label_names = config.labels
         length = config.model.sequence_length
         truncation = config.model.truncation
