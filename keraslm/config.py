@@ -158,7 +158,8 @@ class TrainConfig:
     train_data: str = setting(
         "",
         "File(s) to train on (required). --task=lm and mlm: UTF-8 text, or the text column of CSV/TSV/JSONL(.gz) "
-        "files; several files (comma-separated, or the flag repeated) are read as one corpus. --task=classify: a "
+        "files; several files (comma-separated, or the flag repeated) and glob patterns ('corpus/*.txt.gz', quoted) "
+        "are read as one corpus. --task=classify: a "
         "CSV, TSV or JSONL file (optionally .gz) with a header and a text and a label column.",
         repeatable=True,
     )

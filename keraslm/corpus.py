@@ -19,6 +19,7 @@ import glob
 import gzip
 import math
 import os
+import sys
 import zlib
 
 from keraslm import tables
@@ -31,6 +32,11 @@ _BLOCK_BYTES = 1 << 20
 # Lines per tokenizing chunk: keraslm.tokenizers.text_chunks's size, so chunks (and the tokens
 # of tokenizers that mark where a string starts, as SentencePiece does) are the same as before.
 LINES_PER_CHUNK = 256
+
+# The most characters in one piece: 256 lines of ordinary text are far fewer (tinyshakespeare's are
+# ~10K), so pieces stay those of keraslm 0.2 there; long lines (one-line files, minified JSON)
+# are cut, which bounds memory and keeps a tokenizer call (and so a shard) near its size.
+MAX_CHUNK_CHARACTERS = 1 << 18
 
 # The most text a new run's tokenizer learns from. Vocabulary statistics settle long before this
 # (SentencePiece's own trainer samples 1M sentences by default), and the learners hold their
@@ -59,12 +65,22 @@ def expand_paths(paths, flag):
     files = []
     for name in names:
         if glob.has_magic(name):
-            matches = sorted(path for path in glob.glob(name) if not os.path.isdir(path))
+            found = sorted(glob.glob(name))
+            matches = [path for path in found if not os.path.isdir(path)]
             if not matches:
-                raise InputNotFoundError(f"{flag}={name}: the pattern matches no file; check it (quote it in the shell)")
+                what = "only directories" if found else "no file"
+                raise InputNotFoundError(f"{flag}={name}: the pattern matches {what}; check it (quote it in the shell)")
             files.extend(matches)
         else:
             files.append(name)
+    seen = set()
+    for path in files:
+        key = os.path.realpath(path)
+        if key in seen:
+            # Allowed (a way to weight a file), but usually a mistake: the held-out tail may then
+            # repeat text the model trains on.
+            print(f"keraslm: note: {flag} names {path} more than once; it is read each time", file=sys.stderr, flush=True)
+        seen.add(key)
     return files
 
 
@@ -212,13 +228,29 @@ def open_corpus(paths, flag="--train_data", text_column=""):
     return corpus
 
 
-def chunks(blocks, lines_per_chunk=LINES_PER_CHUNK):
+def chunks(blocks, lines_per_chunk=LINES_PER_CHUNK, max_characters=MAX_CHUNK_CHARACTERS):
     """Blocks of text -> pieces of `lines_per_chunk` whole lines (line breaks kept).
 
     The same pieces as str.splitlines on the whole text, grouped: a line cut between two blocks
-    (or a "\\r" that a "\\n" may follow) is carried to the next.
+    (or a "\\r" that a "\\n" may follow) is carried to the next. A piece also ends before it
+    would pass `max_characters`, and a longer line is cut into pieces of that size, so memory
+    and shard sizes stay bounded on text with few line breaks (a 1 GB file on one line).
     """
-    lines, carry = [], ""
+    lines, size, carry = [], 0, ""
+
+    def add(line):
+        nonlocal lines, size
+        for start in range(0, len(line), max_characters):
+            piece = line[start : start + max_characters]
+            if lines and size + len(piece) > max_characters:
+                yield "".join(lines)
+                lines, size = [], 0
+            lines.append(piece)
+            size += len(piece)
+            if len(lines) == lines_per_chunk:
+                yield "".join(lines)
+                lines, size = [], 0
+
     for block in blocks:
         parts = (carry + block).splitlines(keepends=True)
         carry = ""
@@ -226,14 +258,16 @@ def chunks(blocks, lines_per_chunk=LINES_PER_CHUNK):
             last = parts[-1]
             if last.splitlines()[0] == last or last.endswith("\r"):
                 carry = parts.pop()
-        lines.extend(parts)
-        while len(lines) >= lines_per_chunk:
-            yield "".join(lines[:lines_per_chunk])
-            del lines[:lines_per_chunk]
+        if len(carry) > max_characters:  # a line with no end in sight: cut it
+            cut = len(carry) - len(carry) % max_characters - (max_characters if carry.endswith("\r") else 0)
+            parts.append(carry[:cut])
+            carry = carry[cut:]
+        for part in parts:
+            yield from add(part)
     if carry:
-        lines.append(carry)
-    for start in range(0, len(lines), lines_per_chunk):
-        yield "".join(lines[start : start + lines_per_chunk])
+        yield from add(carry)
+    if lines:
+        yield "".join(lines)
 
 
 def sample(corpus, start, stop, limit=TOKENIZER_SAMPLE_CHARACTERS):

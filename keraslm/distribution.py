@@ -24,6 +24,7 @@ import re
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 
@@ -74,13 +75,31 @@ def _mirrored_devices(num_cpu_devices):
 
 def _multi_worker_strategy():
     _check_tf_config()
+    config = json.loads(os.environ["TF_CONFIG"])
+    task = config["task"]
+    addresses = [address for job in ("chief", "worker") for address in config["cluster"].get(job, [])]
+    print(
+        f"keraslm: {task['type']} {task['index']} waiting until every worker of the cluster has started "
+        f"({', '.join(addresses)}; TF_CONFIG)",
+        file=sys.stderr,
+        flush=True,
+    )
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:
+        # The constructor blocks in C++ until every worker has joined, where Python runs no
+        # signal handler: Ctrl-C must end the process at once rather than never.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # SIGTERM cannot end a worker while it waits here: TensorFlow's coordination agent installs
+    # its own SIGTERM handler (the preemption notifier, in C++) as it starts, and the main thread
+    # waits in C++ holding the GIL, so no Python thread can put the default back until the
+    # constructor returns (tried: a thread calling libc's signal() never ran). Ctrl-C and SIGKILL
+    # do end it; the README says so.
     strategy = tf.distribute.MultiWorkerMirroredStrategy(
-        communication_options=tf.distribute.experimental.CommunicationOptions(
-            timeout_seconds=COLLECTIVE_TIMEOUT_SECONDS
-        )
+        communication_options=tf.distribute.experimental.CommunicationOptions(timeout_seconds=COLLECTIVE_TIMEOUT_SECONDS)
     )
     _KerasMultiWorkerFixes.install()
-    if threading.current_thread() is threading.main_thread():
+    if main_thread:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         # TensorFlow's multi-worker runtime takes SIGTERM as a preemption notice and trains on
         # (for tf.distribute's PreemptionCheckpointHandler, unused here), so `kill PID` would not
         # stop a worker. Back to the default: SIGTERM ends it, as it ends one-process training.
@@ -99,6 +118,9 @@ def _check_tf_config():
         raise InvalidInputError(f"--strategy=multi_worker needs the TF_CONFIG environment variable; {advice}")
     try:
         config = json.loads(text)
+    except ValueError as error:
+        raise InvalidInputError(f"TF_CONFIG is not valid JSON ({error}); {advice}") from None
+    try:
         cluster, task = config["cluster"], config["task"]
         addresses = cluster[task["type"]]
         index = task["index"]

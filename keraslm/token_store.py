@@ -96,13 +96,31 @@ def fingerprint(corpus, start, stop, tokenizer_dir):
 
 
 def load(directory):
-    """The complete store in `directory`, or None if it is missing or unfinished."""
+    """The complete, intact store in `directory`, or None if it is missing, unfinished or damaged."""
     try:
         with open(os.path.join(directory, _MANIFEST), encoding="utf-8") as file:
             manifest = json.load(file)
-    except (OSError, ValueError):
+        store = TokenShards(directory, manifest["files"], manifest["counts"], manifest["dtype"])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return TokenShards(directory, manifest["files"], manifest["counts"], manifest["dtype"])
+    return None if damage(directory, store.files, store.counts, store.dtype) else store
+
+
+def damage(directory, files, counts, dtype):
+    """What is wrong with recorded shards ("shard-00003.bin: 1,000 bytes, not 8,388,608"), or None.
+
+    A shard's size is its token count times the id width: a deleted, truncated or extended shard
+    would otherwise feed the pipeline other tokens than the manifest says (or fail mid-training).
+    """
+    width = np.dtype(dtype).itemsize
+    for name, count in zip(files, counts):
+        try:
+            size = os.path.getsize(os.path.join(directory, name))
+        except OSError:
+            return f"{name} is missing"
+        if size != count * width:
+            return f"{name} has {size:,} bytes, not {count * width:,}"
+    return None
 
 
 def _write_json_atomic(path, value):
@@ -145,18 +163,30 @@ def write(directory, corpus, start, stop, tokenizer, what="", verbose=True):
     done = load(directory)
     if done:
         return done
+    dtype = store_dtype(tokenizer.vocabulary_size)
     os.makedirs(directory, exist_ok=True)
     progress_path = os.path.join(directory, _PROGRESS)
     try:
         with open(progress_path, encoding="utf-8") as file:
             progress = json.load(file)
-    except (OSError, ValueError):
+        problem = damage(directory, progress["files"], progress["counts"], dtype)
+    except (OSError, ValueError, KeyError, TypeError):
+        progress, problem = None, None
+    if problem:
+        print(f"keraslm: note: {directory}: {problem}; tokenizing {what or 'the text'} again", file=sys.stderr, flush=True)
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory)
+        progress = None
+    if progress is None:
+        os.makedirs(directory, exist_ok=True)
+        for name in (_MANIFEST, _PROGRESS):
+            if os.path.exists(os.path.join(directory, name)):
+                os.remove(os.path.join(directory, name))
         progress = {"files": [], "counts": [], "chunks": 0, "characters": 0}
     # Files not in progress.json are half-written shards of a killed process.
     for name in os.listdir(directory):
         if name.startswith("shard-") and name not in progress["files"]:
             os.remove(os.path.join(directory, name))
-    dtype = store_dtype(tokenizer.vocabulary_size)
     total = stop - start
     bar = keras.utils.Progbar(total, verbose=1 if verbose and sys.stdout.isatty() else 0, unit_name="char")
     if verbose:

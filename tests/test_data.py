@@ -142,6 +142,16 @@ def test_streamed_chunks_are_splitlines_chunks_whatever_the_block_size(tmp_path,
         assert "".join(corpus.text(100, 2345)) == _AWKWARD[100:2345]
 
 
+def test_a_text_on_one_line_is_cut_into_bounded_pieces(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus_lib, "_BLOCK_BYTES", 1000)
+    text = "word " * 200_000 + "\r\n" + "x" * 70_000  # 1M characters without a line break, then 70K
+    path = tmp_path / "one-line.txt"
+    path.write_text(text, encoding="utf-8", newline="")
+    pieces = list(corpus_lib.chunks(corpus_lib.open_corpus(str(path)).text(), max_characters=65_536))
+    assert "".join(pieces) == text
+    assert max(map(len, pieces)) == 65_536 and len(pieces) == 18
+
+
 def test_several_files_and_globs_are_one_corpus_counted_as_read(tmp_path, monkeypatch):
     monkeypatch.setattr(corpus_lib, "_BLOCK_BYTES", 5)
     (tmp_path / "part-1.txt").write_text("first\n\n\n", encoding="utf-8")
@@ -195,6 +205,12 @@ def test_shards_hold_the_tokens_of_the_whole_text(tmp_path, monkeypatch):
     np.testing.assert_array_equal(store.read_all(), data.tokenize_text(tokenizer, _AWKWARD))
     # A complete store is reused as it is.
     assert token_store.write(store.directory, corpus, 0, corpus.num_characters, tokenizer, verbose=False) == store
+    # A truncated or deleted shard is noticed (not fed to training) and the store is rebuilt.
+    for harm in (lambda path: os.truncate(path, 1001), os.remove):
+        harm(os.path.join(store.directory, store.files[1]))
+        assert token_store.load(store.directory) is None
+        rebuilt = token_store.write(store.directory, corpus, 0, corpus.num_characters, tokenizer, verbose=False)
+        np.testing.assert_array_equal(rebuilt.read_all(), data.tokenize_text(tokenizer, _AWKWARD))
 
 
 _KILLED_WRITER = """

@@ -150,7 +150,7 @@ def test_lowercase_and_strip_markup_are_learned_saved_and_applied(tmp_path):
     """The vocabulary is learned from normalized text, and a reloaded tokenizer normalizes the same way."""
     config = TokenizerConfig(tokenizer="char", lowercase=True, strip_markup=True)
     text = "A GREAT Film.<br /><br />École <i>vraiment</i> bien; 1 < 2 > 0\n很好"
-    tokenizer = train_tokenizer(config, text, str(tmp_path / "char"))
+    train_tokenizer(config, text, str(tmp_path / "char"))
     vocabulary = (tmp_path / "char" / "vocabulary.txt").read_text(encoding="utf-8").split("\n")
     # No capital letter and nothing of a tag is in it; a "<" that opens no tag is text and stays.
     assert not {"A", "G", "É", "/", "i>"} & set(vocabulary) and {"a", "é", "<", ">", "很"} <= set(vocabulary)

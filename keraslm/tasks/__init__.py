@@ -7,10 +7,12 @@ shared. Every task implements:
   name, throughput_unit          "lm" / "mlm" / "classify"; what a step's work is counted in
   exportable                     whether export_module makes a SavedModel (mlm: pretraining only)
   resolve(config)                sets the settings the task decides (mlm: the [MASK] id) before reading
-  read(config)                   -> corpora: the files, checked (errors name file and line)
+  read(config)                   -> corpora: the files, checked (errors name file and line); lm and
+                                    mlm stream their text and keep only its description
   tokenizer_text(corpora)        -> the text a new run's tokenizer learns from
   labels(corpora)                -> the class names ([] for tasks without classes)
-  prepare(config, tokenizer, corpora, say) -> token ids for training and validation
+  prepare(config, tokenizer, corpora, say, storage) -> token ids for training and validation
+                                    (lm, mlm: token shards under storage.tokens_dir, keraslm.token_store)
   describe(prepared)             -> "N training and M validation examples" for the log
   build_model(config, use_cudnn) -> a Keras model holding a layer named "backbone" (the part a
                                     checkpoint keeps apart) and the task's head layers

@@ -7,6 +7,8 @@ keraslm.training runs it.
 """
 
 import dataclasses
+import glob
+import os
 
 import keras
 import numpy as np
@@ -56,6 +58,12 @@ class ClassifyTask:
                 f"--train_data={train.train_data}: --task=classify reads one table, not {len(paths)} files (a repeated "
                 "--train_data adds to a --flagfile's); merge them into one file, or give only one"
             )
+        for flag, path in (("--train_data", train.train_data), ("--valid_data", train.valid_data)):
+            if glob.has_magic(path) and not os.path.exists(path):
+                raise InvalidInputError(
+                    f"{flag}={path}: --task=classify reads one table, not a glob pattern (patterns are for --task=lm "
+                    "and mlm corpora); give one file"
+                )
         table = tables.read_table(train.train_data, "--train_data", train.text_column, train.label_column)
         labels = tables.label_vocabulary(table)  # At least two classes, before anything is written.
         if train.valid_data:

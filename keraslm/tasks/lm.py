@@ -76,13 +76,22 @@ class LanguageModelTask:
     def prepare(self, config, tokenizer, corpora, say, storage):
         """Tokenizes the corpora into shards under storage.tokens_dir (or, on a worker that is not
         the chief, waits for the chief's), reusing shards of the same input and tokenizer."""
-        del say
         stores = {}
         for name, text in (("train", corpora.train), ("valid", corpora.valid)):
             key = token_store.fingerprint(text.corpus, text.start, text.stop, storage.tokenizer_dir)
             directory = os.path.join(storage.tokens_dir, f"{name}-{key}")
             if storage.write:
                 what = f"the {'training' if name == 'train' else 'validation'} text"
+                earlier = sorted(
+                    entry for entry in (os.listdir(storage.tokens_dir) if os.path.isdir(storage.tokens_dir) else [])
+                    if entry.startswith(f"{name}-") and entry != os.path.basename(directory)
+                )
+                if earlier and not os.path.isdir(directory):
+                    say(
+                        f"keraslm: note: {what} changed since its tokens in {storage.tokens_dir}/{earlier[0]} were made "
+                        "(a file's size or modification time, or the tokenizer): tokenizing it again. Validation figures "
+                        "before and after this are not comparable"
+                    )
                 stores[name] = token_store.write(directory, text.corpus, text.start, text.stop, tokenizer, what, storage.verbose)
             else:
                 stores[name] = _wait_for(directory, storage.wait)
