@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from keraslm import corpus as corpus_lib
+from keraslm.config import write_json_atomic
 
 # Tokens per shard (4 Mi): 8-16 MB on disk, and the unit the training pipeline shuffles within.
 SHARD_TOKENS = 1 << 22
@@ -123,15 +124,6 @@ def damage(directory, files, counts, dtype):
     return None
 
 
-def _write_json_atomic(path, value):
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as file:
-        json.dump(value, file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-
-
 def _tokenized_batches(tokenizer, chunk_iterator):
     """(flat int32 ids, chunks in the batch) per batch of text chunks, tokenized in parallel."""
     dataset = (
@@ -175,7 +167,6 @@ def write(directory, corpus, start, stop, tokenizer, what="", verbose=True):
     if problem:
         print(f"keraslm: note: {directory}: {problem}; tokenizing {what or 'the text'} again", file=sys.stderr, flush=True)
         shutil.rmtree(directory, ignore_errors=True)
-        os.makedirs(directory)
         progress = None
     if progress is None:
         os.makedirs(directory, exist_ok=True)
@@ -217,7 +208,7 @@ def write(directory, corpus, start, stop, tokenizer, what="", verbose=True):
         progress["files"].append(name)
         progress["counts"].append(pending_tokens)
         progress["characters"] = characters
-        _write_json_atomic(progress_path, progress)
+        write_json_atomic(progress_path, progress)
         pending, pending_tokens = [], 0
 
     for ids, count in _tokenized_batches(tokenizer, counted(chunk_iterator)):
@@ -231,7 +222,7 @@ def write(directory, corpus, start, stop, tokenizer, what="", verbose=True):
             flush()
     if pending_tokens:
         flush()
-    _write_json_atomic(
+    write_json_atomic(
         os.path.join(directory, _MANIFEST),
         {"files": progress["files"], "counts": progress["counts"], "dtype": dtype, "characters": characters},
     )
