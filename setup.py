@@ -34,6 +34,8 @@ setup(
         # server's own CPU per request (BENCHMARKS.md, "Serving").
         "httptools>=0.6",
         "uvloop>=0.19; sys_platform != 'win32'",
+        # keraslm-evaluate's BLEU and chrF for translation models: the reference implementation, with its signature.
+        "sacrebleu>=2.4,<3",
     ],
     # selenium drives Debian's chromium (scripts/test.sh installs it) in the playground page's test.
     extras_require={"test": ["pytest>=8", "selenium>=4.20"]},
@@ -44,6 +46,7 @@ setup(
             "keraslm-generate=keraslm.cli.generate:run",
             "keraslm-evaluate=keraslm.cli.evaluate:run",
             "keraslm-classify=keraslm.cli.classify:run",
+            "keraslm-translate=keraslm.cli.translate:run",
             "keraslm-serve=keraslm.cli.serve:run",
         ]
     },

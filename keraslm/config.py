@@ -14,7 +14,7 @@ from typing import Optional
 
 from keraslm.errors import InvalidInputError
 
-TASKS = ("lm", "mlm", "classify")
+TASKS = ("lm", "mlm", "classify", "seq2seq")
 # Tasks that pretrain a backbone on raw text, which --task=classify --init_from can start from.
 PRETRAINING_TASKS = ("lm", "mlm")
 TOKENIZERS = ("char", "byte", "wordpiece", "sentencepiece")
@@ -33,6 +33,9 @@ MAX_SEED = 2**32 - 1
 # config.json's layout. 2: checkpoints keep the backbone apart from the task's head (keraslm
 # 0.2); 1 (no such field): one Keras model per checkpoint (keraslm 0.1).
 FORMAT_VERSION = 2
+
+# Beam search keeps num_beams hypotheses per sentence, each with its own key/value cache.
+MAX_BEAMS = 64
 
 # Settings become float32 tensors: a larger magnitude turns into infinity there.
 FLOAT32_MAX = 3.4028234663852886e38
@@ -177,6 +180,17 @@ class TrainConfig:
         "Empty: text, sentence, review, content or document.",
     )
     label_column: str = setting("label", "--task=classify: the column (field) holding the label (strings or integers).")
+    source_column: str = setting(
+        "",
+        "--task=seq2seq: the column holding the sentence to translate: a header column or JSONL field name, or a "
+        "position counted from 1 (a CSV/TSV file read by positions has no header row). Empty: 'source'; 1 in a .txt "
+        "file (tab-separated, no header row, columns after the second ignored) or when --target_column is a position.",
+    )
+    target_column: str = setting(
+        "",
+        "--task=seq2seq: the column holding its translation, a name or a position like --source_column (both names "
+        "or both positions). Empty: 'target'; 2 in a .txt file or when --source_column is a position.",
+    )
     init_from: str = setting(
         "",
         "--task=classify: the work directory of a pretraining run (--task=mlm or lm). Its tokenizer and trained "
@@ -325,8 +339,16 @@ class ExportConfig:
     max_new_tokens_limit: int = setting(4096, "Language models: the largest max_new_tokens a request may ask for.")
     kv_cache: bool = setting(
         True,
-        "Language models: incremental decoding (Transformer key/value cache, LSTM state). "
+        "Language and translation models: incremental decoding (Transformer key/value cache, LSTM state). "
         "false: recompute the context every step (exact, slow).",
+    )
+    num_beams: int = setting(
+        4, "Translation models: beams of serving_default's beam search (1: greedy decoding)."
+    )
+    length_penalty: float = setting(
+        0.6,
+        "Translation models: serving_default's beam-search length penalty alpha; hypotheses are ranked by "
+        "log-probability / ((5 + length) / 6) ** alpha (0: the plain sum, which favours short translations).",
     )
 
     def validate(self):
@@ -338,6 +360,9 @@ class ExportConfig:
             )
         if self.temperature < 0:
             raise InvalidInputError(f"--temperature={self.temperature} must be 0 (greedy) or positive")
+        _check_finite(self, ("length_penalty",))
+        if not 1 <= self.num_beams <= MAX_BEAMS:
+            raise InvalidInputError(f"--num_beams={self.num_beams} must be between 1 (greedy) and {MAX_BEAMS}")
 
 
 # The sections of a RunConfig, in config.json order.
@@ -351,7 +376,8 @@ class RunConfig:
     task: str = setting(
         "lm",
         "What to train: lm = a (causal) language model on raw text; mlm = masked-LM pretraining of the Transformer "
-        "encoder on raw text; classify = a text classifier on labelled examples.",
+        "encoder on raw text; classify = a text classifier on labelled examples; seq2seq = a translation model "
+        "(encoder-decoder) on sentence pairs.",
         choices=TASKS,
     )
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)

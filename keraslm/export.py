@@ -21,6 +21,7 @@ from keraslm.errors import InvalidInputError
 from keraslm.files import is_disk_full, pid_alive
 from keraslm.tasks import get_task
 from keraslm.tasks.mlm import not_exportable
+from keraslm.tasks.seq2seq_export import export_settings as seq2seq_export_settings
 from keraslm.training import load_trained_model
 
 CONFIG_ASSET = "config.json"
@@ -111,8 +112,10 @@ def _checkpoint_source(work_dir, checkpoint):
 
 
 def _export_settings(run_config, export_config):
-    """{"export": the decoding defaults} for a language model; nothing for other tasks, which
-    have no such settings."""
+    """{"export": the decoding defaults} for a language or translation model; nothing for other
+    tasks, which have no such settings."""
+    if run_config.task == "seq2seq":
+        return {"export": seq2seq_export_settings(run_config, export_config)}
     return {"export": dataclasses.asdict(export_config)} if run_config.task == "lm" else {}
 
 

@@ -1,5 +1,5 @@
 """The Python API over an exported model: `keraslm.load(path)` -> generate / score / beam search for a
-language model, classify for a text classifier.
+language model, classify for a text classifier, translate for a translation (seq2seq) model.
 
 Loading and sampling need only TensorFlow and tensorflow-text's ops, like any TF Serving client;
 beam search borrows keras-nlp's BeamSampler, imported only when asked for.
@@ -20,6 +20,7 @@ import typing
 
 import numpy as np
 
+from keraslm.config import MAX_BEAMS
 from keraslm.errors import InputNotFoundError, InvalidInputError
 from keraslm.tf_import import import_tensorflow_quietly, native_stderr_captured, register_text_ops
 
@@ -492,9 +493,134 @@ class Classifier(_Export):
         return results
 
 
+class Translation(typing.NamedTuple):
+    text: str  # the translation
+    score: float  # natural log-probabilities of its tokens, summed (without the length penalty)
+    num_tokens: int  # tokens the model generated for it
+
+
+class Translator(_Export):
+    """An exported keraslm translation (seq2seq) model: translate raw source sentences."""
+
+    task = "seq2seq"
+    required_signatures = {"serving_default", "translate"}
+    # Sentences per call into the SavedModel: bounds memory for long input files.
+    BATCH_SIZE = 64
+
+    def _check_config(self):
+        export = self._config["export"]
+        export["max_new_tokens"], export["max_new_tokens_limit"], export["num_beams"], export["length_penalty"]  # pylint: disable=pointless-statement
+
+    def translate(self, sources, max_new_tokens=None, temperature=None, num_beams=None, length_penalty=None, seed=None):
+        """The translation of each source, a list of str; a str gives a list of one.
+
+        Unset controls take the export's own (what serving_default uses, config["export"]):
+        max_new_tokens, num_beams, length_penalty, temperature (0: greedy); the seed is random.
+        num_beams > 1 runs beam search, which is deterministic: temperature and seed are then
+        refused instead of ignored.
+        """
+        results = self.translate_with_details(sources, max_new_tokens, temperature, num_beams, length_penalty, seed)
+        return [result.text for result in results]
+
+    def translate_with_details(
+        self, sources, max_new_tokens=None, temperature=None, num_beams=None, length_penalty=None, seed=None
+    ):
+        """A Translation (text, score, num_tokens) per source; arguments as translate()'s."""
+        sources = [sources] if isinstance(sources, str) else list(sources)
+        controls = self.decoding_controls(max_new_tokens, temperature, num_beams, length_penalty, seed)
+        encoded = _encoded("sources", sources)
+        results = []
+        for start in range(0, len(encoded), self.BATCH_SIZE):
+            batch = encoded[start : start + self.BATCH_SIZE]
+            count = len(batch)
+            outputs = self._signature(
+                "translate",
+                source=batch,
+                max_new_tokens=np.full([count], controls["max_new_tokens"], np.int32),
+                temperature=np.full([count], controls["temperature"], np.float32),
+                num_beams=np.full([count], controls["num_beams"], np.int32),
+                length_penalty=np.full([count], controls["length_penalty"], np.float32),
+                seed=np.full([count], controls["seed"], np.int64),
+            )
+            for text, score, num_tokens in zip(outputs["translation"], outputs["score"], outputs["num_tokens"]):
+                # "replace": a byte-level vocabulary can end a translation inside a character.
+                results.append(Translation(text.decode("utf-8", "replace"), float(score), int(num_tokens)))
+        return results
+
+    def decoding_controls(self, max_new_tokens=None, temperature=None, num_beams=None, length_penalty=None, seed=None, prefix=""):
+        """translation_controls() with this export's defaults: the settings a translate call runs with."""
+        return translation_controls(self.config["export"], max_new_tokens, temperature, num_beams, length_penalty, seed, prefix)
+
+
+def translation_controls(
+    export, max_new_tokens=None, temperature=None, num_beams=None, length_penalty=None, seed=None, prefix=""
+):
+    """The checked decoding settings of a translation, unset ones filled in: a dict of the five.
+
+    export: the export's config["export"] (its defaults and max_new_tokens_limit). The one place
+    the controls are checked for the Python API, keraslm-translate and keraslm-evaluate, so a bad
+    value gets a message naming it rather than a graph assertion; prefix="--" names flags.
+    """
+    beams_given = num_beams is not None
+    num_beams = export["num_beams"] if num_beams is None else num_beams
+    if not _is_integer(num_beams) or not 1 <= num_beams <= MAX_BEAMS:
+        raise InvalidInputError(
+            f"{prefix}num_beams={num_beams!r} must be an integer between 1 (greedy or sampling) and {MAX_BEAMS}"
+        )
+    if num_beams > 1:
+        given = [f"{prefix}{name}" for name, value in (("temperature", temperature), ("seed", seed)) if value is not None]
+        if given:
+            # The export's default may be beam search (num_beams=4): then say where it comes from.
+            origin = "" if beams_given else ", this model's default"
+            raise InvalidInputError(
+                f"{given[0]} applies to sampling; beam search ({prefix}num_beams={num_beams}{origin}) is deterministic "
+                f"and does not use {', '.join(given)}: leave {'it' if len(given) == 1 else 'them'} unset, or sample "
+                f"with {prefix}num_beams=1"
+            )
+    limit = export["max_new_tokens_limit"]
+    max_new_tokens = export["max_new_tokens"] if max_new_tokens is None else max_new_tokens
+    if not _is_integer(max_new_tokens) or not 1 <= max_new_tokens <= limit:
+        raise InvalidInputError(
+            f"{prefix}max_new_tokens={max_new_tokens!r} must be an integer between 1 and this model's limit of {limit}"
+        )
+    temperature = export.get("temperature", 0.0) if temperature is None else temperature
+    if not _is_number(temperature) or not 0 <= temperature < float("inf"):
+        raise InvalidInputError(f"{prefix}temperature={temperature!r} must be 0 (greedy) or a positive number")
+    length_penalty = export["length_penalty"] if length_penalty is None else length_penalty
+    if not _is_number(length_penalty) or not np.isfinite(length_penalty):
+        raise InvalidInputError(
+            f"{prefix}length_penalty={length_penalty!r} must be a finite number (0: rank beams by their summed log-probability)"
+        )
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**62)
+    if not _is_integer(seed) or not _INT64_MIN <= seed <= _INT64_MAX:
+        raise InvalidInputError(
+            f"{prefix}seed={seed!r} must be an integer that fits in a signed 64-bit integer (-2**63 to 2**63 - 1)"
+        )
+    return {
+        "max_new_tokens": int(max_new_tokens),
+        "temperature": float(temperature),
+        "num_beams": int(num_beams),
+        "length_penalty": float(length_penalty),
+        "seed": int(seed),
+    }
+
+
+def _is_integer(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
 # What each task's export is called, and the command that uses it.
-_TASK_NAMES = {"lm": "language model", "classify": "text classifier"}
-_COMMANDS = {"lm": "keraslm-generate (or keraslm.load(...).generate)", "classify": "keraslm-classify (or keraslm.load(...).classify)"}
+_TASK_NAMES = {"lm": "language model", "classify": "text classifier", "seq2seq": "translation model"}
+_COMMANDS = {
+    "lm": "keraslm-generate (or keraslm.load(...).generate)",
+    "classify": "keraslm-classify (or keraslm.load(...).classify)",
+    "seq2seq": "keraslm-translate (or keraslm.load(...).translate)",
+}
 
 
 def assertion_message(message):
@@ -510,8 +636,8 @@ def assertion_message(message):
 def load(model_dir):
     """Loads an export (a version directory or a base directory) as the class of its task.
 
-    A language model (`.generate`, `.score`) or a text classifier (`.classify`), from the task
-    recorded in the export's assets/config.json.
+    A language model (`.generate`, `.score`), a text classifier (`.classify`) or a translation
+    model (`.translate`), from the task recorded in the export's assets/config.json.
     """
     path = resolve_model_dir(model_dir)
     try:
@@ -519,4 +645,5 @@ def load(model_dir):
             task = json.load(file).get("task", "lm")
     except (OSError, ValueError, AttributeError):
         task = "lm"  # The class's own loading names what is wrong.
-    return (Classifier if task == "classify" else LanguageModel)(model_dir, path=path)
+    classes = {"classify": Classifier, "seq2seq": Translator}
+    return classes.get(task, LanguageModel)(model_dir, path=path)

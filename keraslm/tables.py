@@ -4,6 +4,7 @@ Every problem a user can have with such a file (missing column, ragged row, empt
 that is not UTF-8, a JSONL line that is not an object, an unknown label) is an InvalidInputError
 naming the flag, the file and the line. The format comes from the file name: `.csv`, `.tsv`,
 `.jsonl` (or `.json`), each optionally followed by `.gz`; CSV and TSV need a header row.
+keraslm.pairs reads sentence pairs with the same record readers (csv_records, jsonl_objects).
 """
 
 import csv
@@ -35,14 +36,17 @@ class Table:
     lines: list
 
 
-def table_format(path, flag):
+def table_format(path, flag, formats=FORMATS):
+    """The format named by the file's extension (.gz aside; .json is jsonl), one of `formats`."""
     name = path[:-3] if path.endswith(".gz") else path
     extension = os.path.splitext(name)[1].lower().lstrip(".")
     if extension == "json":
         extension = "jsonl"
-    if extension not in FORMATS:
+    if extension not in formats:
+        endings = [f".{known}" for known in formats]
         raise InvalidInputError(
-            f"{flag}={path}: cannot tell the format from the name; use a .csv, .tsv or .jsonl file (optionally .gz)"
+            f"{flag}={path}: cannot tell the format from the name; use a {', '.join(endings[:-1])} or {endings[-1]} "
+            "file (optionally .gz)"
         )
     return extension
 
@@ -106,22 +110,7 @@ def read_table(path, flag="--train_data", text_column="", label_column=DEFAULT_L
             labels.append(_label_string(label, f"{where}: line {line}"))
 
     if kind == "jsonl":
-        # split("\n"), not splitlines(): JSON strings may hold U+2028 or U+0085, which splitlines breaks at.
-        for number, raw in enumerate(content.split("\n"), start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as error:
-                raise InvalidInputError(
-                    f"{where}: line {number} is not valid JSON ({error.msg} at column {error.colno}); "
-                    "a JSON lines file holds one complete JSON object per line"
-                ) from None
-            if not isinstance(row, dict):
-                raise InvalidInputError(
-                    f"{where}: line {number} is a JSON {_json_kind(row)}, not an object; a JSON lines file holds one "
-                    'object per line, such as {"text": "...", "label": "..."}'
-                )
+        for number, row in jsonl_objects(content, where, '{"text": "...", "label": "..."}'):
             columns = list(row)
             if not text_column:
                 text_column = _pick_text_column(columns, "", label_column, f"{where}: line {number}")
@@ -131,22 +120,8 @@ def read_table(path, flag="--train_data", text_column="", label_column=DEFAULT_L
                 )
             add(row.get(text_column), row.get(label_column), number, columns)
     else:
-        # Texts of any length (the default limit is 128 KiB a field); strict, so that a quote
-        # that is never closed is an error instead of swallowing the rest of the file.
-        csv.field_size_limit(sys.maxsize)
-        reader = csv.reader(io.StringIO(content, newline=""), delimiter="," if kind == "csv" else "\t",
-                            quoting=csv.QUOTE_MINIMAL if kind == "csv" else csv.QUOTE_NONE, strict=kind == "csv")
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise InvalidInputError(f"{where} is empty; it needs a header row and at least one example") from None
-        header = [name.strip() for name in header]
-        repeated = sorted({name for name in header if header.count(name) > 1})
-        if repeated:
-            raise InvalidInputError(
-                f"{where}: line 1 (header) names the column {repeated[0]!r} more than once (columns: {', '.join(header)}); "
-                "give every column its own name"
-            )
+        records = csv_records(content, kind, where)
+        header = csv_header(records, where, "example")
         text_column = _pick_text_column(header, text_column, label_column, f"{where}: line 1 (header)")
         if labelled and text_column == label_column:
             raise InvalidInputError(
@@ -159,29 +134,87 @@ def read_table(path, flag="--train_data", text_column="", label_column=DEFAULT_L
                     f"{where}: line 1 (header) has no column {name!r} (columns: {', '.join(header)}); pass {flag_name}"
                 )
         text_index, label_index = header.index(text_column), header.index(label_column) if labelled else None
-        line = reader.line_num
-        try:
-            for row in reader:
-                first_line, line = line + 1, reader.line_num
-                if not row or row == [""]:
-                    continue
-                if len(row) != len(header):
-                    raise InvalidInputError(
-                        f"{where}: line {first_line} has {_count(len(row), 'field')} but the header has {len(header)}; "
-                        "check the quoting and delimiters of that row"
-                    )
-                add(row[text_index], row[label_index] if labelled else None, first_line, header)
-        except csv.Error as error:
-            if "unexpected end of data" in str(error):
-                raise InvalidInputError(
-                    f"{where}: line {line + 1}: a quoted field (\") opened in this row is never closed; close the quote, "
-                    "or double any quote inside a quoted field (\"\")"
-                ) from None
-            raise InvalidInputError(f"{where}: line {reader.line_num}: {error}") from None
+        for first_line, row in records:
+            if not row or row == [""]:
+                continue
+            check_row_length(row, header, first_line, where)
+            add(row[text_index], row[label_index] if labelled else None, first_line, header)
     if not texts:
         needs = "one JSON object on a line" if kind == "jsonl" else "one row below the header"
         raise InvalidInputError(f"{where} has no examples; it needs at least {needs}")
     return Table(path, texts, labels, lines)
+
+
+def jsonl_objects(content, where, example):
+    """(line number, dict) for each non-blank line of a JSON lines file; `example` shows a good line
+    in the error for a line that is not an object."""
+    # split("\n"), not splitlines(): JSON strings may hold U+2028 or U+0085, which splitlines breaks at.
+    for number, raw in enumerate(content.split("\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise InvalidInputError(
+                f"{where}: line {number} is not valid JSON ({error.msg} at column {error.colno}); "
+                "a JSON lines file holds one complete JSON object per line"
+            ) from None
+        if not isinstance(row, dict):
+            raise InvalidInputError(
+                f"{where}: line {number} is a JSON {_json_kind(row)}, not an object; a JSON lines file holds one "
+                f"object per line, such as {example}"
+            )
+        yield number, row
+
+
+def csv_records(content, kind, where):
+    """(first line, fields) of every record of a CSV or TSV text, blank ones included ([] or [""]).
+
+    CSV is quoted as usual; TSV (and tab-separated .txt) has no quoting, so a quote is text.
+    A record's first line is the one it starts on (a quoted CSV field may hold line breaks).
+    """
+    # Texts of any length (the default limit is 128 KiB a field); strict, so that a quote
+    # that is never closed is an error instead of swallowing the rest of the file.
+    csv.field_size_limit(sys.maxsize)
+    reader = csv.reader(io.StringIO(content, newline=""), delimiter="," if kind == "csv" else "\t",
+                        quoting=csv.QUOTE_MINIMAL if kind == "csv" else csv.QUOTE_NONE, strict=kind == "csv")
+    line = 0
+    try:
+        for row in reader:
+            first_line, line = line + 1, reader.line_num
+            yield first_line, row
+    except csv.Error as error:
+        if "unexpected end of data" in str(error):
+            raise InvalidInputError(
+                f"{where}: line {line + 1}: a quoted field (\") opened in this row is never closed; close the quote, "
+                "or double any quote inside a quoted field (\"\")"
+            ) from None
+        raise InvalidInputError(f"{where}: line {reader.line_num}: {error}") from None
+
+
+def csv_header(records, where, noun):
+    """The first record of csv_records as column names (stripped); an empty file or a name used
+    twice is an error. `noun` names what the rows hold ("example")."""
+    try:
+        _, header = next(records)
+    except StopIteration:
+        raise InvalidInputError(f"{where} is empty; it needs a header row and at least one {noun}") from None
+    header = [name.strip() for name in header]
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise InvalidInputError(
+            f"{where}: line 1 (header) names the column {repeated[0]!r} more than once (columns: {', '.join(header)}); "
+            "give every column its own name"
+        )
+    return header
+
+
+def check_row_length(row, header, line, where):
+    if len(row) != len(header):
+        raise InvalidInputError(
+            f"{where}: line {line} has {_count(len(row), 'field')} but the header has {len(header)}; "
+            "check the quoting and delimiters of that row"
+        )
 
 
 def _count(number, noun):
@@ -298,7 +331,7 @@ def classification_dataset(ids, labels, batch_size, seed, start_step=0, num_step
     dataset = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch_batches).skip(skip)
     if num_steps is not None:
         dataset = dataset.take(num_steps)
-    dataset = dataset.map(lambda rows: (_trimmed(tf.gather(ids, rows)), tf.gather(labels, rows)))
+    dataset = dataset.map(lambda rows: (trim_padding(tf.gather(ids, rows)), tf.gather(labels, rows)))
     return _sharded_by_data(dataset.prefetch(2))
 
 
@@ -312,7 +345,7 @@ def _sharded_by_data(dataset):
     return dataset.with_options(options)
 
 
-def _trimmed(ids):
+def trim_padding(ids):
     """ids (B, L) without the padding columns no row of the batch needs.
 
     The width is the batch's longest text rounded up to a multiple of 8 (up to 64 tokens), 32 (up
@@ -333,6 +366,6 @@ def evaluation_batches(ids, labels, batch_size):
 
     return _sharded_by_data(
         tf.data.Dataset.from_tensor_slices((ids, labels)).batch(batch_size).map(
-            lambda rows, row_labels: (_trimmed(rows), row_labels)
+            lambda rows, row_labels: (trim_padding(rows), row_labels)
         ).prefetch(2)
     )

@@ -94,6 +94,47 @@ def trained_models(tmp_path_factory, corpora):
     return models
 
 
+# A translation task a tiny model learns exactly in seconds: reverse a string of a few letters.
+REVERSE_LETTERS = "abcdef"
+TINY_SEQ2SEQ = [
+    "--task=seq2seq", "--model=transformer", "--tokenizer=char", "--sequence_length=12", "--num_layers=2",
+    "--num_heads=4", "--hidden_dim=48", "--batch_size=64", "--train_steps=700", "--eval_interval=350",
+    "--learning_rate=3e-3", "--seed=7",
+]
+
+
+def reverse_pairs(count, seed, lengths=(1, 6)):
+    """[(source, reversed source)] of random strings over REVERSE_LETTERS."""
+    import random
+
+    generator = random.Random(seed)
+    words = ["".join(generator.choice(REVERSE_LETTERS) for _ in range(generator.randint(*lengths))) for _ in range(count)]
+    return [(word, word[::-1]) for word in words]
+
+
+@pytest.fixture(scope="session")
+def seq2seq_run(tmp_path_factory):
+    """A tiny Transformer translation model that reverses strings, trained through the CLI and
+    exported once per session: {"work_dir", "export_dir", "train_data", "stdout"}."""
+    root = tmp_path_factory.mktemp("seq2seq")
+    train_data = root / "reverse.tsv"
+    train_data.write_text(
+        "source\ttarget\n" + "".join(f"{source}\t{target}\n" for source, target in reverse_pairs(3000, seed=0)),
+        encoding="utf-8",
+    )
+    work_dir, export_dir = root / "run", root / "export"
+    completed = run_cli(
+        "train", *TINY_SEQ2SEQ, f"--train_data={train_data}", f"--work_dir={work_dir}", f"--export_dir={export_dir}"
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return {"work_dir": work_dir, "export_dir": export_dir, "train_data": train_data, "stdout": completed.stdout}
+
+
+@pytest.fixture(scope="session")
+def seq2seq_export_dir(seq2seq_run):
+    return seq2seq_run["export_dir"]
+
+
 # === keraslm-serve in a subprocess (test_serving.py, test_playground.py) ===
 
 

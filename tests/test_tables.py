@@ -155,7 +155,7 @@ def test_classification_batches_cover_each_example_once_per_epoch_and_trim_paddi
 def test_batches_are_cut_to_a_few_widths(longest, width):
     ids = np.zeros([3, 400], np.int32)
     ids[1, :longest] = 5
-    assert tables._trimmed(ids).shape == (3, width)
+    assert tables.trim_padding(ids).shape == (3, width)
 
 
 def test_numeric_labels_are_the_same_label_in_every_format(tmp_path):

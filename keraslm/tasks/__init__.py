@@ -4,7 +4,8 @@ A task owns its dataset from files, its head, loss and metrics, what it evaluate
 module (signatures); backbones (keraslm.backbones) and the training loop (keraslm.training) are
 shared. Every task implements:
 
-  name, throughput_unit          "lm" / "mlm" / "classify"; what a step's work is counted in
+  name, throughput_unit          "lm" / "mlm" / "classify" / "seq2seq"; what a step's work is counted in
+  loss_unit (optional)           what the loss is averaged over, when not throughput_unit
   exportable                     whether export_module makes a SavedModel (mlm: pretraining only)
   resolve(config)                sets the settings the task decides (mlm: the [MASK] id) before reading
   read(config)                   -> corpora: the files, checked (errors name file and line); lm and
@@ -26,8 +27,9 @@ from keraslm.errors import InvalidInputError
 from keraslm.tasks.classify import ClassifyTask
 from keraslm.tasks.lm import LanguageModelTask
 from keraslm.tasks.mlm import MaskedLanguageModelTask
+from keraslm.tasks.seq2seq import Seq2SeqTask
 
-_TASKS = {task.name: task for task in (LanguageModelTask, MaskedLanguageModelTask, ClassifyTask)}
+_TASKS = {task.name: task for task in (LanguageModelTask, MaskedLanguageModelTask, ClassifyTask, Seq2SeqTask)}
 
 
 def get_task(name):
