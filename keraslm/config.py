@@ -400,8 +400,16 @@ class RunConfig:
             )
         if self.model.truncation != "head" and self.task != "classify":
             raise InvalidInputError(
-                f"--truncation={self.model.truncation} is for --task=classify; a --task={self.task} run reads "
-                "windows of its text, so leave it out"
+                f"--truncation={self.model.truncation} is for --task=classify; a --task={self.task} run "
+                + ("cuts a long sentence to its first tokens" if self.task == "seq2seq" else "reads windows of its text")
+                + ", so leave it out"
+            )
+        if self.task == "seq2seq" and self.train.strategy != "default":
+            # Validation under MirroredStrategy fails in Keras 3.15 when the last batch of
+            # padded target sequences splits unevenly over the replicas (AddN of two shapes).
+            raise InvalidInputError(
+                f"--strategy={self.train.strategy} does not work with --task=seq2seq yet (Keras fails to validate "
+                "unevenly split batches of target sequences); train a translation model with --strategy=default"
             )
         if self.train.init_from and self.task != "classify":
             raise InvalidInputError(
@@ -471,7 +479,16 @@ def _dataclass_from_dict(cls, data, where):
 
 
 def write_json_atomic(path, data):
-    """Writes JSON so that a reader (or a crash) never sees a half-written file."""
+    """Writes JSON so that a reader (or a crash) never sees a half-written file (a device such as
+    /dev/stdout, or a link's target, is written as it is: files.replaceable_path)."""
+    from keraslm.files import replaceable_path
+
+    shown, (path, atomic) = path, replaceable_path(path)
+    if not atomic:
+        with open(path, "w", encoding="utf-8") as file:
+            json.dump(data, file, indent=2, ensure_ascii=False)
+            file.write("\n")
+        return
     temporary = f"{path}.tmp-{os.getpid()}"
     try:
         with open(temporary, "w", encoding="utf-8") as file:
@@ -486,7 +503,7 @@ def write_json_atomic(path, data):
             os.remove(temporary)
         if isinstance(error, OSError):
             # Name the file the user knows, not the temporary one.
-            raise type(error)(error.errno, error.strerror, str(path)) from None
+            raise type(error)(error.errno, error.strerror, str(shown)) from None
         raise
 
 
@@ -536,12 +553,17 @@ def config_differences(old, new):
     for section in ("tokenizer", "model"):
         pairs += [(key, value, new_dict[section].get(key)) for key, value in old_dict[section].items()]
     pairs.append(("mixed_precision", old_dict["train"]["mixed_precision"], new_dict["train"]["mixed_precision"]))
+    if old_dict["task"] == new_dict["task"] == "seq2seq":
+        # The columns say which side is translated into which: swapping them would go on
+        # training the other direction.
+        pairs += [(key, old_dict["train"][key], new_dict["train"][key]) for key in ("source_column", "target_column")]
     differences = [
         f"--{key}: {old_value!r} -> {new_value!r}"
         for key, old_value, new_value in pairs
         if old_value != new_value and key not in _SET_BY_PRETRAINING
     ]
-    if any(old_dict["model"].get(key) != new_dict["model"].get(key) for key in _SET_BY_PRETRAINING):
+    same_task = old_dict["task"] == new_dict["task"]  # Else the task's own ids differ, not a pretraining.
+    if same_task and any(old_dict["model"].get(key) != new_dict["model"].get(key) for key in _SET_BY_PRETRAINING):
         # Not flags: they follow from what the backbone was pretrained by.
         differences.append(
             f"--init_from: a backbone pretrained by another task ({old_dict['train']['init_from'] or 'none'!r} -> "

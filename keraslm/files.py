@@ -69,3 +69,16 @@ def save_figure_atomic(figure, path):
         pyplot.close(figure)
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def replaceable_path(path):
+    """(where to write, whether a temporary file renamed over it is safe) for an output file.
+
+    Writing beside the destination and renaming keeps a reader (or a crash) from seeing half a
+    file, but a rename replaces whatever the name points at: a symbolic link would become a
+    plain file (its target untouched), and /dev/stdout or a named pipe would be replaced by a
+    file (as root, for every other process too). So links are followed to their target, and
+    anything that exists and is not a regular file is written in place.
+    """
+    target = os.path.realpath(path) if os.path.islink(path) else path
+    return target, not os.path.exists(target) or os.path.isfile(target)

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import ServeProcess, reverse_pairs, run_cli, run_fresh_python
+from conftest import TINY_SEQ2SEQ, ServeProcess, reverse_pairs, run_cli, run_fresh_python
 
 
 def _tiny_config(model, **model_settings):
@@ -127,11 +127,28 @@ print(json.dumps({{"default": [t.decode() for t in default], "translation": [t.d
 """
     result = run_fresh_python(code)
     assert result["signatures"] == ["serving_default", "translate"]
-    assert result["default"][0] == "dcba" and result["translation"][0] == "dcba"
+    assert result["default"][0] == "dcba" and result["translation"][0] == "dcba" and result["default"][1] == ""
     assert result["translation"] == result["again"]  # the sampled row too: seeded
-    assert 1 <= result["num_tokens"][1] <= 3  # never empty (END is not a first token), at most its limit
+    # An empty source has nothing to translate: an empty translation, not a made-up sentence.
+    assert result["translation"][1] == "" and result["num_tokens"][1] == 0 and result["score"][1] == 0.0
     assert all(score <= 0 for score in result["score"])
     assert "num_beams must be at least 1" in result["error"]
+
+
+def _check_every_weight_restored(work_dir):
+    """What export loads is what training saved: two loads of the run's checkpoint hold the same
+    weights (a weight the checkpoint misses would be freshly random each time). A layer keeping
+    its sublayers in a Python list once escaped the checkpoint this way."""
+    from keraslm.training import load_trained_model
+
+    first, second = (load_trained_model(work_dir, use_cudnn=False).model for _ in range(2))
+    for a, b in zip(first.weights, second.weights):
+        if "seed_generator" not in a.path:  # dropout's random state, not a weight
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+
+
+def test_transformer_checkpoint_restores_every_weight(seq2seq_run):
+    _check_every_weight_restored(str(seq2seq_run["work_dir"]))
 
 
 def test_lstm_encoder_decoder_trains_and_exports(tmp_path):
@@ -155,6 +172,7 @@ def test_lstm_encoder_decoder_trains_and_exports(tmp_path):
     )
     result = train(config, str(tmp_path / "run"), verbose=False)
     assert np.isfinite(result.val_loss)
+    _check_every_weight_restored(str(tmp_path / "run"))
     version = export_from_work_dir(str(tmp_path / "run"), str(tmp_path / "export"), verbose=False)
     graph = (tmp_path / "export" / "1" / "saved_model.pb").read_bytes()
     assert b"CudnnRNN" not in graph
@@ -210,3 +228,48 @@ def test_keraslm_serve_translates_over_rest(seq2seq_run, tmp_path):
         assert status == 400 and "num_beams must be at most 64" in body["error"], body
     finally:
         assert server.stop() == 0
+
+
+def test_export_flags_set_the_translation_defaults(seq2seq_run, tmp_path):
+    """keraslm-export takes a translation model's own decoding flags (and refuses a language
+    model's); serving_default then uses them, and --kv_cache=false exports the recomputing decoder."""
+    export_dir = tmp_path / "export"
+    completed = run_cli(
+        "export", f"--work_dir={seq2seq_run['work_dir']}", f"--export_dir={export_dir}", "--num_beams=1",
+        "--length_penalty=1.5", "--max_new_tokens=5", "--kv_cache=false",
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    config = json.loads((export_dir / "1" / "assets" / "config.json").read_text(encoding="utf-8"))
+    assert {key: config["export"][key] for key in ("num_beams", "length_penalty", "max_new_tokens", "kv_cache")} == {
+        "num_beams": 1, "length_penalty": 1.5, "max_new_tokens": 5, "kv_cache": False,
+    }
+    import keraslm
+
+    assert keraslm.load(str(export_dir)).translate(["abcdef", "fed"]) == ["fedcb", "def"]  # cut at 5 tokens
+    completed = run_cli("export", f"--work_dir={seq2seq_run['work_dir']}", f"--export_dir={tmp_path / 'x'}", "--temperature=2")
+    assert completed.returncode == 2 and "a translation model, whose export does not use this flag" in completed.stderr
+
+
+def test_resume_refuses_swapped_columns_and_strategies(seq2seq_run, tmp_path):
+    """A translation run resumed with its columns swapped would go on training the other
+    direction: refused, naming both; tf.distribute strategies are refused up front."""
+    import shutil
+
+    work_dir = tmp_path / "run"
+    shutil.copytree(seq2seq_run["work_dir"], work_dir)
+    args = [*TINY_SEQ2SEQ, f"--train_data={seq2seq_run['train_data']}", f"--work_dir={work_dir}", "--train_steps=800"]
+    completed = run_cli("train", *args, "--source_column=target", "--target_column=source")
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    assert "--source_column: '' -> 'target'" in completed.stderr
+    completed = run_cli("train", *args, "--strategy=mirrored", "--num_cpu_devices=2")
+    assert completed.returncode == 2 and "does not work with --task=seq2seq yet" in completed.stderr
+
+
+def test_output_file_writes_through_a_link(seq2seq_run, tmp_path):
+    """--output_file given a symbolic link writes its target (a rename would replace the link)."""
+    target, link = tmp_path / "real.txt", tmp_path / "link.txt"
+    target.write_text("old\n", encoding="utf-8")
+    link.symlink_to(target)
+    completed = run_cli("translate", f"--model_dir={seq2seq_run['export_dir']}", "--text=abc", f"--output_file={link}")
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert link.is_symlink() and target.read_text(encoding="utf-8") == "cba\n"

@@ -28,17 +28,27 @@ def main(argv):
     for name in ("work_dir", "export_dir"):
         if not FLAGS[name].value:
             raise InvalidInputError(f"--{name} is required")
-    given = [f"--{name}" for name in settings.flag_names(ExportConfig) if FLAGS[name].present]
+    given = [name for name in settings.flag_names(ExportConfig) if FLAGS[name].present]
     if given:
         from keraslm.config import load_run_config
 
         config_path = os.path.join(FLAGS.work_dir, "config.json")
         task = load_run_config(config_path).task if os.path.isfile(config_path) else "lm"
-        if task != "lm":
-            what = "a classifier" if task == "classify" else f"a --task={task} run"
+        # Which export settings each kind of model reads; the others would be silently ignored.
+        allowed = {
+            "lm": set(settings.flag_names(ExportConfig)) - {"num_beams", "length_penalty"},
+            "seq2seq": {"max_new_tokens", "num_beams", "length_penalty", "kv_cache"},
+        }.get(task, set())
+        refused = [f"--{name}" for name in given if name not in allowed]
+        if refused:
+            what = {"lm": "a language model", "classify": "a classifier", "seq2seq": "a translation model"}.get(
+                task, f"a --task={task} run"
+            )
+            usable = ", ".join(f"--{name}" for name in sorted(allowed)) or "none of these flags"
             raise InvalidInputError(
-                f"{', '.join(given)}: {'these flags set' if len(given) > 1 else 'this flag sets'} a language model's "
-                f"decoding; --work_dir={FLAGS.work_dir} holds {what}, so leave {'them' if len(given) > 1 else 'it'} out"
+                f"{', '.join(refused)}: --work_dir={FLAGS.work_dir} holds {what}, whose export does not use "
+                f"{'these flags' if len(refused) > 1 else 'this flag'}; leave {'them' if len(refused) > 1 else 'it'} out "
+                f"(it takes {usable})"
             )
     export_config = settings.from_flags(ExportConfig)
     export_config.validate()

@@ -90,6 +90,7 @@ def _check_output_file(path):
 def main(argv):
     del argv
     from keraslm.errors import InvalidInputError
+    from keraslm.files import replaceable_path
     from keraslm.inference import Translator
 
     if not FLAGS.model_dir:
@@ -111,17 +112,31 @@ def main(argv):
     if decoding["num_beams"] > 1:
         del decoding["temperature"], decoding["seed"]  # Refused with beam search; checked above.
     if FLAGS.output_file:
-        # Beside the destination, so the rename below is atomic: a reader never sees half a file.
-        temporary = f"{FLAGS.output_file}.tmp-{os.getpid()}"
-        try:
-            with open(temporary, "w", encoding="utf-8") as output:
+        target, atomic = replaceable_path(FLAGS.output_file)
+        if not atomic:  # /dev/stdout, a named pipe: written as it is, never replaced.
+            with _opened(target, "w") as output:
                 _translate(translator, sources, decoding, output)
-            os.replace(temporary, FLAGS.output_file)
+            return
+        # Beside the destination, so the rename below is atomic: a reader never sees half a file.
+        temporary = f"{target}.tmp-{os.getpid()}"
+        try:
+            with _opened(temporary, "w") as output:
+                _translate(translator, sources, decoding, output)
+            os.replace(temporary, target)
         finally:
             if os.path.exists(temporary):
                 os.remove(temporary)
     else:
         _translate(translator, sources, decoding, sys.stdout)
+
+
+def _opened(path, mode):
+    from keraslm.errors import InvalidInputError
+
+    try:
+        return open(path, mode, encoding="utf-8")
+    except OSError as error:
+        raise InvalidInputError(f"--output_file={FLAGS.output_file}: cannot write ({error.strerror})") from None
 
 
 def _translate(translator, sources, decoding, output):

@@ -159,4 +159,11 @@ class TranslatorServer(ExportModule):
             banned_ids=tuple(range(NUM_SPECIAL_TOKENS)) + (self._start,),
         )
         translation = tf.strings.strip(self.tokenizer.detokenize(outputs["token_ids"]))
-        return {"translation": translation, "num_tokens": outputs["lengths"], "score": outputs["score"]}
+        # A source with no tokens (empty, or only whitespace) has nothing to translate: an empty
+        # translation, not a sentence the decoder makes up from nothing.
+        empty = tf.equal(ids.row_lengths(), 0)
+        return {
+            "translation": tf.where(empty, "", translation),
+            "num_tokens": tf.where(empty, 0, outputs["lengths"]),
+            "score": tf.where(empty, 0.0, outputs["score"]),
+        }

@@ -85,36 +85,20 @@ def _build_transformer(config, encoder):
     return keras.Model({"encoder_token_ids": encoder_ids, "decoder_token_ids": decoder_ids}, logits, name="seq2seq")
 
 
-class EncoderState(keras.layers.Layer):
-    """Encoder outputs (B, S, 2H), mask -> the decoder's first (h, c) for every layer: the mean of
-    the unpadded encoder states through a tanh Dense layer (Bahdanau et al. 2015 start from the
-    backward state; the mean works for any direction)."""
+class MaskedMean(keras.layers.Layer):
+    """(hidden (B, S, D), mask (B, S)) -> the mean of the unpadded positions (B, D); no weights."""
 
-    def __init__(self, units, num_layers, **kwargs):
+    def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.units, self.num_layers = units, num_layers
-        self.projections = [keras.layers.Dense(2 * units, activation="tanh", name=f"state_{i}") for i in range(num_layers)]
-        # The mask arrives as an explicit input; the one Keras attaches to `encoded` is consumed.
+        # The mask arrives as an explicit input; the one Keras attaches to `hidden` is consumed.
         self.supports_masking = True
 
     def compute_mask(self, inputs, mask=None):
         return None
 
-    def build(self, input_shape):
-        for projection in self.projections:
-            projection.build(input_shape)
-
-    def call(self, encoded, mask):
-        weights = keras.ops.cast(mask, encoded.dtype)[:, :, None]
-        mean = keras.ops.sum(encoded * weights, axis=1) / keras.ops.maximum(keras.ops.sum(weights, axis=1), 1.0)
-        states = []
-        for projection in self.projections:
-            both = projection(mean)
-            states += [both[:, : self.units], both[:, self.units :]]
-        return states
-
-    def get_config(self):
-        return {**super().get_config(), "units": self.units, "num_layers": self.num_layers}
+    def call(self, hidden, mask):
+        weights = keras.ops.cast(mask, hidden.dtype)[:, :, None]
+        return keras.ops.sum(hidden * weights, axis=1) / keras.ops.maximum(keras.ops.sum(weights, axis=1), 1.0)
 
 
 def _build_lstm(config, encoder, use_cudnn):
@@ -122,7 +106,13 @@ def _build_lstm(config, encoder, use_cudnn):
     # === Layers ===
     embedding = keras.layers.Embedding(config.vocabulary_size, units, name="decoder_embedding")
     embedding_dropout = keras.layers.Dropout(config.dropout, name="decoder_embedding_dropout")
-    start_state = EncoderState(units, config.num_layers, name="encoder_state")
+    # The decoder's first (h, c) for every layer: the mean of the unpadded encoder states through
+    # a tanh Dense layer (Bahdanau et al. 2015 start from the backward state; the mean works for
+    # any direction). Plain Dense layers in the functional graph: a checkpoint finds each by name.
+    encoder_mean = MaskedMean(name="encoder_mean")
+    start_states = [
+        keras.layers.Dense(2 * units, activation="tanh", name=f"decoder_start_{i}") for i in range(config.num_layers)
+    ]
     # Projects the bidirectional encoder's 2H outputs to the decoder's H for dot-product scores.
     memory = keras.layers.Dense(units, use_bias=False, name="memory")
     recurrent = [
@@ -140,7 +130,7 @@ def _build_lstm(config, encoder, use_cudnn):
     decoder_ids = keras.Input(shape=(None,), dtype="int32", name="decoder_token_ids")
     encoded = encoder(encoder_ids)  # (B, S, 2H)
     encoder_mask = keras.ops.not_equal(encoder_ids, 0)
-    states = start_state(encoded, encoder_mask)
+    states = _start_states(encoder_mean(encoded, encoder_mask), start_states, units)
     keys = memory(encoded)  # (B, S, H)
     x = embedding_dropout(embedding(decoder_ids))  # (B, T, H)
     for index, layer in enumerate(recurrent):
@@ -150,6 +140,15 @@ def _build_lstm(config, encoder, use_cudnn):
     hidden = combine(keras.ops.concatenate([x, context], axis=-1))
     logits = to_logits(output_dropout(hidden))
     return keras.Model({"encoder_token_ids": encoder_ids, "decoder_token_ids": decoder_ids}, logits, name="seq2seq")
+
+
+def _start_states(mean, layers, units):
+    """[h_0, c_0, h_1, c_1, ...] from the encoder's mean state."""
+    states = []
+    for layer in layers:
+        both = layer(mean)
+        states += [both[:, :units], both[:, units:]]
+    return states
 
 
 class Seq2SeqDecoder:
@@ -180,7 +179,8 @@ class Seq2SeqDecoder:
         mask = tf.not_equal(source_ids, 0)
         state = {"encoded": encoded, "mask": mask}
         if self.lstm:
-            starts = self._layer("encoder_state")(encoded, mask)
+            layers = [self._layer(f"decoder_start_{i}") for i in range(self.config.num_layers)]
+            starts = _start_states(self._layer("encoder_mean")(encoded, mask), layers, self.config.hidden_dim)
             state["keys"] = self._layer("memory")(encoded)
             state["h"] = tf.stack(starts[0::2], axis=1)  # (B, layers, H)
             state["c"] = tf.stack(starts[1::2], axis=1)
