@@ -38,7 +38,7 @@ setup(
         "sacrebleu>=2.4,<3",
     ],
     # selenium drives Debian's chromium (scripts/test.sh installs it) in the playground page's test.
-    extras_require={"test": ["pytest>=8", "selenium>=4.20"]},
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "selenium>=4.20"]},
     entry_points={
         "console_scripts": [
             "keraslm-train=keraslm.cli.train:run",

@@ -8,6 +8,7 @@ and that the files the user had are still there.
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -152,7 +153,14 @@ def test_a_missing_tokenizer_is_refused_not_retrained(corpus, run_copy, tmp_path
     ],
 )
 def test_a_damaged_config_json_gets_one_line(corpus, run_copy, tmp_path, content, expected):
+    from keraslm.config import load_run_config
+    from keraslm.errors import InvalidInputError
+
     (run_copy / "config.json").write_text(content, encoding="utf-8")
+    with pytest.raises(InvalidInputError, match=re.escape(expected)):
+        load_run_config(str(run_copy / "config.json"))
+    if content != "{not json":
+        return  # Both commands read config.json through load_run_config: one file shows it, faster.
     before = _digest(run_copy)
     assert expected in _one_error_line(_train(corpus, run_copy, "--train_steps=30"))
     assert _digest(run_copy) == before
