@@ -36,6 +36,9 @@ setup(
         "uvloop>=0.19; sys_platform != 'win32'",
         # keraslm-evaluate's BLEU and chrF for translation models: the reference implementation, with its signature.
         "sacrebleu>=2.4,<3",
+        # keraslm.tflite_runtime: LiteRT's interpreter for --format=tflite exports (TF's own
+        # tf.lite.Interpreter is deprecated in its favour; 2.3.0 works with TF 2.21's numpy).
+        "ai-edge-litert>=2.3,<3",
     ],
     # selenium drives Debian's chromium (scripts/test.sh installs it) in the playground page's test.
     extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "selenium>=4.20"]},

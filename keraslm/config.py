@@ -36,6 +36,10 @@ FORMAT_VERSION = 2
 
 # Beam search keeps num_beams hypotheses per sentence, each with its own key/value cache.
 MAX_BEAMS = 64
+# keraslm-export --format: a SavedModel in TF Serving layout, or a LiteRT (TFLite) flatbuffer.
+EXPORT_FORMATS = ("saved_model", "tflite")
+# keraslm-export --quantize: int8 weights in a SavedModel; dynamic-range or full-integer LiteRT.
+QUANTIZE_MODES = ("none", "int8", "dynamic_range", "full_integer")
 
 # Settings become float32 tensors: a larger magnitude turns into infinity there.
 FLOAT32_MAX = 3.4028234663852886e38
@@ -199,6 +203,33 @@ class TrainConfig:
     freeze_steps: int = setting(
         0, "With --init_from: train only the new head for this many steps, then the whole model."
     )
+    teacher: str = setting(
+        "",
+        "--task=classify: distill from this teacher, a classifier's export (a SavedModel version directory, or its "
+        "base directory for the newest version) or training work directory with the same label names. The student "
+        "learns from the teacher's softened scores (--distill_temperature) and the true labels (--distill_alpha).",
+    )
+    distill_temperature: float = setting(
+        2.0, "With --teacher: softmax temperature of the teacher's and the student's soft scores (> 0; 1: as is)."
+    )
+    distill_alpha: float = setting(
+        0.5,
+        "With --teacher: the weight of the teacher's soft labels in the loss, in [0, 1]; the true labels get 1 - this.",
+    )
+    prune_sparsity: float = setting(
+        0.0,
+        "Magnitude pruning: the share of each kernel and embedding's weights set to zero by the end of pruning, in "
+        "[0, 1). 0: no pruning. Biases and norms are never pruned.",
+    )
+    prune_begin_step: int = setting(0, "With --prune_sparsity: the step pruning starts (sparsity 0 before it).")
+    prune_end_step: int = setting(
+        -1,
+        "With --prune_sparsity: the step the target sparsity is reached (a cubic ramp from --prune_begin_step, as "
+        "TF Model Optimization's PolynomialDecay); after it the pruned weights stay zero. -1: 3/4 of --train_steps.",
+    )
+    prune_frequency: int = setting(
+        50, "With --prune_sparsity: recompute the pruning masks every this many steps during the ramp."
+    )
     batch_size: int = setting(
         12,
         "Windows (lm, mlm) or examples (classify) per forward/backward pass; an optimizer step reads "
@@ -278,6 +309,38 @@ class TrainConfig:
             return min(100, self.train_steps // 20)
         return self.warmup_steps
 
+    def resolved_prune_end_step(self):
+        if self.prune_end_step == -1:
+            return self.train_steps * 3 // 4
+        return self.prune_end_step
+
+    def _validate_pruning(self):
+        _check_finite(self, ("prune_sparsity",))
+        if not 0 <= self.prune_sparsity < 1:
+            raise InvalidInputError(
+                f"--prune_sparsity={self.prune_sparsity} must be in [0, 1): the share of weights set to zero (0: no pruning)"
+            )
+        if not self.prune_sparsity:
+            # The schedule flags alone would silently do nothing.
+            defaults = {field.name: field.default for field in dataclasses.fields(self)}
+            for name in ("prune_begin_step", "prune_end_step", "prune_frequency"):
+                if getattr(self, name) != defaults[name]:
+                    raise InvalidInputError(f"--{name}={getattr(self, name)} needs --prune_sparsity (the share of weights to prune)")
+            return
+        if self.prune_frequency < 1:
+            raise InvalidInputError(f"--prune_frequency={self.prune_frequency} must be at least 1")
+        if self.prune_begin_step < 0:
+            raise InvalidInputError(f"--prune_begin_step={self.prune_begin_step} must not be negative")
+        if self.prune_end_step < -1:
+            raise InvalidInputError(f"--prune_end_step={self.prune_end_step} must be -1 (3/4 of --train_steps) or a step")
+        end = self.resolved_prune_end_step()
+        shown = f"--prune_end_step={self.prune_end_step}" + (f" (3/4 of --train_steps: {end})" if self.prune_end_step == -1 else "")
+        if not self.prune_begin_step < end <= self.train_steps:
+            raise InvalidInputError(
+                f"{shown} must be after --prune_begin_step={self.prune_begin_step} and at most "
+                f"--train_steps={self.train_steps}, or the target sparsity is never reached"
+            )
+
     def validate(self):
         _check_finite(self, ("learning_rate", "min_learning_rate", "weight_decay", "beta_1", "beta_2", "gradient_clip_norm"))
         if not self.train_data:
@@ -330,6 +393,26 @@ class TrainConfig:
                 f"--freeze_steps={self.freeze_steps} must be smaller than --train_steps={self.train_steps}, "
                 "or the backbone is never fine-tuned"
             )
+        self._validate_pruning()
+        self._validate_distillation()
+
+    def _validate_distillation(self):
+        _check_finite(self, ("distill_temperature", "distill_alpha"))
+        if self.distill_temperature <= 0:
+            raise InvalidInputError(
+                f"--distill_temperature={self.distill_temperature} must be positive (1: the teacher's scores as they are; "
+                "2-4 soften them)"
+            )
+        if not 0 <= self.distill_alpha <= 1:
+            raise InvalidInputError(
+                f"--distill_alpha={self.distill_alpha} must be in [0, 1]: the share of the loss that follows the "
+                "teacher (the true labels get the rest)"
+            )
+        # As --freeze_steps without --init_from: a setting that would silently do nothing is refused.
+        defaults = {field.name: field.default for field in dataclasses.fields(self)}
+        for name in ("distill_temperature", "distill_alpha"):
+            if not self.teacher and getattr(self, name) != defaults[name]:
+                raise InvalidInputError(f"--{name}={getattr(self, name)} needs --teacher: the classifier to distill from")
 
 
 @dataclasses.dataclass
@@ -351,6 +434,23 @@ class ExportConfig:
         "log-probability / ((5 + length) / 6) ** alpha (0: the plain sum, which favours short translations).",
     )
 
+    format: str = setting(
+        "saved_model",
+        "saved_model: a SavedModel in TF Serving layout (raw strings in). tflite: a LiteRT (TFLite) model for edge "
+        "devices, <export_dir>/<version>/model.tflite with its vocabulary and labels (classifiers).",
+        choices=EXPORT_FORMATS,
+    )
+    quantize: str = setting(
+        "none",
+        "none: float32 weights. int8 (--format=saved_model): Dense, EinsumDense, Embedding and LSTM weights stored "
+        "as int8 with per-channel scales. dynamic_range / full_integer (--format=tflite): LiteRT's int8 weights, "
+        "or int8 weights and activations calibrated on --representative_examples texts of the training data.",
+        choices=QUANTIZE_MODES,
+    )
+    representative_examples: int = setting(
+        200, "--quantize=full_integer: training examples that calibrate the activation ranges."
+    )
+
     def validate(self):
         # A non-finite default temperature would make every serving_default request fail.
         _check_finite(self, ("temperature",))
@@ -363,6 +463,23 @@ class ExportConfig:
         _check_finite(self, ("length_penalty",))
         if not 1 <= self.num_beams <= MAX_BEAMS:
             raise InvalidInputError(f"--num_beams={self.num_beams} must be between 1 (greedy) and {MAX_BEAMS}")
+        if self.format not in EXPORT_FORMATS:
+            raise InvalidInputError(f"--format={self.format!r} is not known; use one of {', '.join(EXPORT_FORMATS)}")
+        if self.quantize not in QUANTIZE_MODES:
+            raise InvalidInputError(f"--quantize={self.quantize!r} is not known; use one of {', '.join(QUANTIZE_MODES)}")
+        # Each format has its own quantizations; a mode of the other format would be ignored.
+        if self.format == "saved_model" and self.quantize in ("dynamic_range", "full_integer"):
+            raise InvalidInputError(
+                f"--quantize={self.quantize} is a LiteRT quantization: add --format=tflite, or use --quantize=int8 "
+                "for a SavedModel with int8 weights"
+            )
+        if self.format == "tflite" and self.quantize == "int8":
+            raise InvalidInputError(
+                "--quantize=int8 is for SavedModels; with --format=tflite use --quantize=dynamic_range (int8 weights) "
+                "or --quantize=full_integer (int8 weights and activations)"
+            )
+        if self.representative_examples < 1:
+            raise InvalidInputError(f"--representative_examples={self.representative_examples} must be at least 1")
 
 
 # The sections of a RunConfig, in config.json order.
@@ -410,6 +527,10 @@ class RunConfig:
             raise InvalidInputError(
                 f"--strategy={self.train.strategy} does not work with --task=seq2seq yet (Keras fails to validate "
                 "unevenly split batches of target sequences); train a translation model with --strategy=default"
+            )
+        if self.train.teacher and self.task != "classify":
+            raise InvalidInputError(
+                f"--teacher is for --task=classify (a classifier learning from another's scores), not --task={self.task}"
             )
         if self.train.init_from and self.task != "classify":
             raise InvalidInputError(

@@ -1,4 +1,6 @@
-"""Writes a trained model and its tokenizer as a SavedModel in TF Serving layout.
+"""Writes a trained model and its tokenizer as a SavedModel in TF Serving layout (or, with
+--format=tflite, as a LiteRT model: keraslm.tflite_export); --quantize=int8 stores int8 weights
+(keraslm.quantization). Version numbering and staging: keraslm.export_versions.
 
 <export_dir>/<version>/ holds saved_model.pb, the weights, and as assets the tokenizer vocabulary
 and config.json (the run's settings, its task and label names, and the export settings). Loading
@@ -7,80 +9,47 @@ keraslm.tasks.lm_export (serving_default, generate, score) and keraslm.tasks.cla
 (serving_default: text -> label, label_id, scores).
 """
 
-import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 
 import tensorflow as tf
 
 from keraslm.config import ExportConfig, load_run_config, write_json_atomic
 from keraslm.errors import InvalidInputError
-from keraslm.files import is_disk_full, pid_alive
+from keraslm.export_versions import CONFIG_ASSET, TFLITE_FILE, export_settings, next_version, publish_version  # noqa: F401
+from keraslm.files import is_disk_full
+from keraslm.quantization import forward_only, quantize_model
 from keraslm.tasks import get_task
 from keraslm.tasks.mlm import not_exportable
-from keraslm.tasks.seq2seq_export import export_settings as seq2seq_export_settings
+from keraslm.tflite_export import check_tflite_task, export_tflite
 from keraslm.training import load_trained_model
+from keraslm.work_dir import TOKENIZER_DIR
 
-CONFIG_ASSET = "config.json"
 # TF Serving's warm-up file: PredictionLog records it replays when it loads a version.
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 
-_STAGING_PREFIX = ".tmp-export-"
-
-
-def _remove_dead_staging(export_dir):
-    """Removes staging directories of exports killed midway (kill -9, power loss)."""
-    for name in os.listdir(export_dir):
-        pid = name[len(_STAGING_PREFIX):].split("-", 1)[0]
-        if name.startswith(_STAGING_PREFIX) and pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
-
-
-def next_version(export_dir):
-    """1 + the largest integer-named subdirectory (TF Serving serves the largest)."""
-    versions = [int(name) for name in os.listdir(export_dir) if name.isdigit()] if os.path.isdir(export_dir) else []
-    return max(versions, default=0) + 1
-
-
 def export_model(model, tokenizer, run_config, export_dir, export_config=None, verbose=True, source=None):
-    """Writes <export_dir>/<next version>/ and returns its path.
-
-    The version directory appears complete or not at all: it is written under a temporary name
-    that TF Serving ignores and renamed at the end.
-    """
+    """Writes the SavedModel to <export_dir>/<next version>/ (publish_version) and returns its path."""
     export_config = export_config or ExportConfig()
     export_config.validate()
-    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
-        raise InvalidInputError(f"--export_dir={export_dir} is a file, not a directory; pick another --export_dir")
-    os.makedirs(export_dir, exist_ok=True)
-    _remove_dead_staging(export_dir)
-    # The PID in the name lets a later export tell a dead export's leftovers from a live one's.
-    staging = tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=export_dir)
-    try:
+
+    def write(staging):
         config_path = os.path.join(staging, "source", CONFIG_ASSET)
         os.makedirs(os.path.dirname(config_path))
         # "source" names the checkpoint exported, so a re-run can tell an export is up to date.
-        asset = {**run_config.to_dict(), **_export_settings(run_config, export_config)}
+        asset = {**run_config.to_dict(), **export_settings(run_config, export_config)}
         write_json_atomic(config_path, {**asset, "source": source} if source else asset)
         server = get_task(run_config.task).export_module(model, tokenizer, run_config, export_config, config_path)
         saved_model_dir = os.path.join(staging, "saved_model")
-        tf.saved_model.save(server, saved_model_dir, signatures=server.signatures())
+        # The signatures and functions are traced here: int8 layers without their gradients.
+        with forward_only():
+            tf.saved_model.save(server, saved_model_dir, signatures=server.signatures())
         _write_warmup_requests(server.warmup_requests(), os.path.join(saved_model_dir, WARMUP_FILE))
-        while True:
-            version_dir = os.path.join(export_dir, str(next_version(export_dir)))
-            try:
-                os.rename(saved_model_dir, version_dir)
-                break
-            except OSError:
-                if not os.path.exists(version_dir):
-                    raise
-                # Another export took this number meanwhile: take the next one.
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        return saved_model_dir
+
+    version_dir = publish_version(export_dir, write)
     if verbose:
         print(f"keraslm: exported {version_dir}", flush=True)
     return version_dir
@@ -111,14 +80,6 @@ def _checkpoint_source(work_dir, checkpoint):
     return {"work_dir": os.path.realpath(work_dir), "checkpoint": os.path.basename(checkpoint), "index_sha256": digest}
 
 
-def _export_settings(run_config, export_config):
-    """{"export": the decoding defaults} for a language or translation model; nothing for other
-    tasks, which have no such settings."""
-    if run_config.task == "seq2seq":
-        return {"export": seq2seq_export_settings(run_config, export_config)}
-    return {"export": dataclasses.asdict(export_config)} if run_config.task == "lm" else {}
-
-
 def _newest_export_of(export_dir, source, settings):
     """The newest complete version in export_dir if it holds exactly this checkpoint and settings."""
     if not os.path.isdir(export_dir):
@@ -126,13 +87,18 @@ def _newest_export_of(export_dir, source, settings):
     versions = sorted((int(name) for name in os.listdir(export_dir) if name.isdigit()), reverse=True)
     for version in versions:
         version_dir = os.path.join(export_dir, str(version))
+        # A SavedModel keeps config.json among its assets; a LiteRT export beside model.tflite.
+        if os.path.isfile(os.path.join(version_dir, "saved_model.pb")):
+            config_file = os.path.join(version_dir, "assets", CONFIG_ASSET)
+        elif os.path.isfile(os.path.join(version_dir, TFLITE_FILE)):
+            config_file = os.path.join(version_dir, CONFIG_ASSET)
+        else:
+            continue
         try:
-            with open(os.path.join(version_dir, "assets", CONFIG_ASSET), encoding="utf-8") as file:
+            with open(config_file, encoding="utf-8") as file:
                 exported = json.load(file)
         except (OSError, ValueError):
             continue  # Incomplete or foreign: not the newest complete keraslm export.
-        if not os.path.isfile(os.path.join(version_dir, "saved_model.pb")):
-            continue
         same = exported.get("source") == source and exported.get("export") == settings.get("export")
         return version_dir if same else None
     return None
@@ -148,15 +114,26 @@ def export_from_work_dir(work_dir, export_dir, export_config=None, verbose=True,
     config_path = os.path.join(work_dir, CONFIG_ASSET)
     if os.path.isfile(config_path) and not get_task(load_run_config(config_path).task).exportable:
         raise not_exportable(work_dir)
+    if export_config.format == "tflite" and os.path.isfile(config_path):
+        # Refused before the (slow) restore when the task has no LiteRT export.
+        check_tflite_task(load_run_config(config_path).task, work_dir)
     run_config, model, tokenizer, checkpoint = load_trained_model(work_dir, use_cudnn=False)
     source = _checkpoint_source(work_dir, checkpoint)
+    if export_config.quantize == "int8":
+        # After the restore: quantizing replaces the float weights by int8 ones and their scales.
+        quantize_model(model)
     if only_if_changed:
-        existing = _newest_export_of(export_dir, source, _export_settings(run_config, export_config))
+        existing = _newest_export_of(export_dir, source, export_settings(run_config, export_config))
         if existing:
             if verbose:
                 print(f"keraslm: {existing} already holds {source['checkpoint']} of this run; not exporting it again", flush=True)
             return existing
     try:
+        if export_config.format == "tflite":
+            tokenizer_dir = os.path.join(work_dir, TOKENIZER_DIR)
+            return export_tflite(
+                model, tokenizer, tokenizer_dir, run_config, export_dir, export_config, work_dir, verbose, source=source
+            )
         return export_model(model, tokenizer, run_config, export_dir, export_config, verbose, source=source)
     except (OSError, tf.errors.OpError) as error:
         if is_disk_full(error):

@@ -9,6 +9,8 @@ import math
 
 import tensorflow as tf
 
+from keraslm.quantization import dense_kernel, embedding_table
+
 
 class RecomputeStepper:
     """Next-token logits by re-running the whole model on the visible context every step.
@@ -75,6 +77,8 @@ class TransformerCachedStepper:
 
         LayerNorm(x) @ W + b = normalize(x) @ (gamma[:, None] * W) + (beta @ W + b), so a step
         only normalizes. The attention scale 1/sqrt(head_dim) is folded into the query weights.
+        An int8 export's kernels and embedding table are dequantized here, once per call
+        (keraslm.quantization): the step reads the int8 weights, and multiplies in float32.
         """
         hidden = self.hidden_dim
 
@@ -88,7 +92,7 @@ class TransformerCachedStepper:
             attention = decoder._self_attention_layer
             query_scale = tf.concat([tf.fill([hidden], scale), tf.ones([2 * hidden])], axis=0)
             qkv_kernel = tf.concat(
-                [tf.reshape(dense.kernel, [hidden, hidden]) for dense in (attention._query_dense, attention._key_dense, attention._value_dense)],
+                [tf.reshape(dense_kernel(dense), [hidden, hidden]) for dense in (attention._query_dense, attention._key_dense, attention._value_dense)],
                 axis=1,
             )  # (H, 3H)
             qkv_bias = tf.concat(
@@ -97,23 +101,23 @@ class TransformerCachedStepper:
             )
             qkv_kernel, qkv_bias = fold(decoder._self_attention_layer_norm, qkv_kernel * query_scale, qkv_bias * query_scale)
             intermediate = decoder._feedforward_intermediate_dense
-            ffn_kernel, ffn_bias = fold(decoder._feedforward_layer_norm, intermediate.kernel, intermediate.bias)
+            ffn_kernel, ffn_bias = fold(decoder._feedforward_layer_norm, dense_kernel(intermediate), intermediate.bias)
             layers.append(
                 {
                     "qkv_kernel": qkv_kernel,
                     "qkv_bias": qkv_bias,
-                    "out_kernel": tf.reshape(attention._output_dense.kernel, [hidden, hidden]),
+                    "out_kernel": tf.reshape(dense_kernel(attention._output_dense), [hidden, hidden]),
                     "out_bias": tf.convert_to_tensor(attention._output_dense.bias),
                     "ffn_kernel": ffn_kernel,
                     "ffn_bias": ffn_bias,
-                    "ffn_out_kernel": tf.convert_to_tensor(decoder._feedforward_output_dense.kernel),
+                    "ffn_out_kernel": dense_kernel(decoder._feedforward_output_dense),
                     "ffn_out_bias": tf.convert_to_tensor(decoder._feedforward_output_dense.bias),
                     "epsilon": decoder._self_attention_layer_norm.epsilon,
                 }
             )
-        logits_kernel, logits_bias = fold(self.final_norm, self.to_logits.kernel, self.to_logits.bias)
+        logits_kernel, logits_bias = fold(self.final_norm, dense_kernel(self.to_logits), self.to_logits.bias)
         return {
-            "token_embedding": tf.convert_to_tensor(self.embedding.token_embedding.embeddings),
+            "token_embedding": embedding_table(self.embedding.token_embedding),
             "position_embedding": tf.convert_to_tensor(self.embedding.position_embedding.position_embeddings),
             "layers": layers,
             "logits_kernel": logits_kernel,

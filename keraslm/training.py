@@ -24,7 +24,7 @@ import typing
 import keras
 import tensorflow as tf
 
-from keraslm import checkpoints, distribution, gradient_accumulation, pretrained as pretrained_lib, run_log
+from keraslm import checkpoints, distillation, distribution, gradient_accumulation, pretrained as pretrained_lib, pruning, run_log
 from keraslm.config import RunConfig, load_run_config, save_run_config
 from keraslm.errors import InvalidInputError, TrainingDivergedError
 from keraslm.files import is_disk_full
@@ -376,6 +376,10 @@ def train(config: RunConfig, work_dir, verbose=True, explicit=None):
     # Read and checked before the work directory is touched: bad input leaves nothing behind.
     corpora = task.read(config)
     config.labels = task.labels(corpora)
+    if config.train.teacher:
+        # --task=classify: the teacher scores the training texts once, before the work directory
+        # is touched (a bad teacher leaves nothing behind); the task's batches carry the scores.
+        corpora.teacher_scores = distillation.training_scores(config, corpora.train, load_trained_model, verbose)
     try:
         if not chief:
             return _train_in(_ChiefsWorkDir(work_dir), config, task, corpora, started, verbose, pretrained, strategy)
@@ -465,6 +469,8 @@ def _train_in(directory, config, task, corpora, started, verbose, pretrained=Non
             # Dropout's random streams: without them a resumed run would draw other masks.
             random_state=[variable for variable in model.variables if variable.path.endswith("seed_generator_state")],
         )
+        # --prune_sparsity: its masks, mirrored like the weights they constrain (keraslm.pruning).
+        pruner = pruning.Pruner(model, train) if train.prune_sparsity else None
     restored_step = _restore(checkpoint, directory, saved, verbose, chief)
     distribution.check_same_checkpoint(strategy, restored_step, directory.display)
     if pretrained and not restored_step:
@@ -477,6 +483,9 @@ def _train_in(directory, config, task, corpora, started, verbose, pretrained=Non
         # A checkpoint from before steps_taken existed: the optimizer counted the steps.
         steps_taken.assign(int(model.optimizer.iterations))
     _check_freeze_on_resume(directory, saved, config.train.freeze_steps, int(steps_taken.numpy()))
+    if pruner:
+        # After the restore: a resumed run's masks are rebuilt from its restored (pruned) weights.
+        pruner.start(int(steps_taken.numpy()))
     if chief:
         _note_effective_batch_change(directory, saved, train, int(steps_taken.numpy()))
     # Other workers take part in each (collective) save into a temporary directory of their own.
@@ -522,6 +531,8 @@ def _train_in(directory, config, task, corpora, started, verbose, pretrained=Non
         gradient_accumulation.check_batches(dataset, train)
         distribution.prepare_for_fit(model, strategy, dataset)
         watch = _StepCallback(progbar, step)
+        if pruner:
+            pruner.first_step = step
         segment_started = time.perf_counter()
         history = model.fit(
             dataset,
@@ -529,7 +540,7 @@ def _train_in(directory, config, task, corpora, started, verbose, pretrained=Non
             steps_per_epoch=segment_steps,
             verbose=0,
             shuffle=False,
-            callbacks=[watch],
+            callbacks=[watch, pruner] if pruner else [watch],
         )
         if watch.diverged_at:
             raise _diverged("training loss", *watch.diverged_at, last_saved_step, train)
@@ -548,6 +559,7 @@ def _train_in(directory, config, task, corpora, started, verbose, pretrained=Non
             "val_loss": val_loss,
             **{f"val_{key}": value for key, value in val_metrics.items() if key != "loss"},
             "learning_rate": float(model.optimizer.learning_rate),
+            **({"sparsity": pruner.sparsity()} if pruner else {}),
             "ms_per_step": 1000.0 * segment_seconds / segment_steps,
             f"{task.throughput_unit}_per_second": segment_steps * task.units_per_step(step_config) / segment_seconds,
             "elapsed_seconds": time.perf_counter() - started,
@@ -578,6 +590,8 @@ def _train_in(directory, config, task, corpora, started, verbose, pretrained=Non
         if verbose:
             progbar.update(step, [(PROGRESS_LOSS_LABEL, train_loss)], finalize=step >= train.train_steps)
             others = "".join(f", val {key} {value:.4f}" for key, value in val_metrics.items() if key != "loss")
+            if pruner:
+                others += f", sparsity {record['sparsity']:.3f}"
             print(
                 f"{chr(10) if progbar.verbose else ''}step {step}: train loss {train_loss:.4f} "
                 f"(mean of steps {step - segment_steps + 1}-{step}), val loss {val_loss:.4f}{others}, "

@@ -406,7 +406,8 @@ def test_language_model_export_flags_are_refused_for_a_classifier(toy_classifier
     assert "--temperature: --work_dir=" in completed.stderr and "a classifier, whose export does not use this flag" in completed.stderr
     assert not (tmp_path / "e").exists()
     config = json.loads((toy_classifier["export_dir"] / "1" / "assets" / "config.json").read_text())
-    assert "export" not in config
+    # How the weights are stored, and none of a language model's decoding settings.
+    assert config["export"] == {"format": "saved_model", "quantize": "none"}
 
 
 def test_export_normalizes_and_truncates_exactly_as_training(tmp_path):

@@ -178,6 +178,29 @@ def test_lstm_encoder_decoder_trains_and_exports(tmp_path):
     assert b"CudnnRNN" not in graph
     translations = keraslm.load(version).translate(["abc", "fed"], num_beams=2)
     assert len(translations) == 2 and all(isinstance(text, str) for text in translations)
+    # int8 LSTM weights (keraslm's own quantization of the cells) in the translation export too.
+    from keraslm.config import ExportConfig
+
+    int8_version = export_from_work_dir(str(tmp_path / "run"), str(tmp_path / "int8"), ExportConfig(quantize="int8"), verbose=False)
+    assert b"CudnnRNN" not in (tmp_path / "int8" / "1" / "saved_model.pb").read_bytes()
+    assert len(keraslm.load(int8_version).translate(["abc", "fed"], num_beams=2)) == 2
+
+
+def test_int8_export_translates_as_the_float_one(seq2seq_run, tmp_path):
+    """--quantize=int8: the same signatures; the reversals of unseen strings stay right."""
+    import keraslm
+    import tensorflow as tf
+
+    from keraslm.config import ExportConfig
+    from keraslm.export import export_from_work_dir
+
+    version = export_from_work_dir(str(seq2seq_run["work_dir"]), str(tmp_path / "int8"), ExportConfig(quantize="int8"), verbose=False)
+    assert any(v.dtype == tf.int8 for v in tf.saved_model.load(version).model_variables)
+    sources = [source for source, _ in reverse_pairs(60, seed=11, lengths=(3, 6))]
+    float_translations = keraslm.load(str(seq2seq_run["export_dir"])).translate(sources, num_beams=1)
+    int8_translations = keraslm.load(version).translate(sources, num_beams=1)
+    assert sum(a == b for a, b in zip(float_translations, int8_translations)) >= 0.9 * len(sources)
+    assert sum(t == s[::-1] for t, s in zip(int8_translations, sources)) >= 0.9 * len(sources)
 
 
 @pytest.mark.parametrize(

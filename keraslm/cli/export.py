@@ -1,6 +1,8 @@
-"""keraslm-export: write a trained work directory as a SavedModel in TF Serving layout.
+"""keraslm-export: write a trained work directory as a SavedModel in TF Serving layout, or as a
+LiteRT (TFLite) model for edge devices.
 
   keraslm-export --work_dir=runs/shakespeare --export_dir=saved_models/shakespeare
+  keraslm-export --work_dir=runs/sst2 --export_dir=saved_models/sst2_tflite --format=tflite --quantize=dynamic_range
 """
 
 import os
@@ -35,15 +37,28 @@ def main(argv):
         config_path = os.path.join(FLAGS.work_dir, "config.json")
         task = load_run_config(config_path).task if os.path.isfile(config_path) else "lm"
         # Which export settings each kind of model reads; the others would be silently ignored.
+        # --format and --quantize apply to every exportable task; ExportConfig.validate and
+        # keraslm.tflite_export refuse the combinations that do not exist, naming those that do.
+        storage = {"format", "quantize", "representative_examples"}
         allowed = {
             "lm": set(settings.flag_names(ExportConfig)) - {"num_beams", "length_penalty"},
-            "seq2seq": {"max_new_tokens", "num_beams", "length_penalty", "kv_cache"},
+            "classify": storage,
+            "seq2seq": {"max_new_tokens", "num_beams", "length_penalty", "kv_cache"} | storage,
         }.get(task, set())
+        if FLAGS.format == "tflite" and task in ("lm", "classify"):
+            # A LiteRT export is one forward pass, without the decoding loop those flags set.
+            allowed = storage
+        if FLAGS.quantize != "full_integer":
+            allowed = allowed - {"representative_examples"}
         refused = [f"--{name}" for name in given if name not in allowed]
         if refused:
             what = {"lm": "a language model", "classify": "a classifier", "seq2seq": "a translation model"}.get(
                 task, f"a --task={task} run"
             )
+            if "--representative_examples" in refused and FLAGS.quantize != "full_integer":
+                what += f" exported with --quantize={FLAGS.quantize} (--representative_examples is for --quantize=full_integer)"
+            elif FLAGS.format == "tflite" and task in ("lm", "classify"):
+                what += " exported with --format=tflite"
             usable = ", ".join(f"--{name}" for name in sorted(allowed)) or "none of these flags"
             raise InvalidInputError(
                 f"{', '.join(refused)}: --work_dir={FLAGS.work_dir} holds {what}, whose export does not use "

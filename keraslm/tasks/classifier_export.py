@@ -30,7 +30,7 @@ class ClassifierServer(ExportModule):
         )
 
     def signatures(self):
-        return {"serving_default": self.serving_default.get_concrete_function()}
+        return {"serving_default": self.serving_default}
 
     def warmup_requests(self):
         return [("serving_default", {"text": np.array([b"warm-up"], dtype=object)})]

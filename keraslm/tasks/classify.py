@@ -3,7 +3,9 @@
 What the task owns: reading the tables (labels from the training file, sorted; a seeded stratified
 split of --valid_fraction without --valid_data), its model (backbone + classification head), loss and metrics, and
 its export module (keraslm.tasks.classifier_export). The generic training loop in
-keraslm.training runs it.
+keraslm.training runs it. With --teacher, the training loop scores the training texts with the
+teacher (keraslm.distillation) into Corpora.teacher_scores; the training batches then carry those
+scores with the labels, and the loss learns from both.
 """
 
 import dataclasses
@@ -13,7 +15,7 @@ import os
 import keras
 import numpy as np
 
-from keraslm import tables
+from keraslm import distillation, tables
 from keraslm.backbones import build_backbone
 from keraslm.errors import InvalidInputError
 from keraslm.tasks.classifier_export import ClassifierServer
@@ -29,6 +31,8 @@ class Corpora:
     valid: tables.Table
     # The label vocabulary of the whole training file (the held-out split keeps every class).
     labels: list
+    # --teacher's probabilities of each training text, float32 [N, num_classes] (set by keraslm.training).
+    teacher_scores: np.ndarray = None
 
 
 @dataclasses.dataclass
@@ -37,6 +41,7 @@ class Prepared:
     train_labels: np.ndarray  # int32 [N]
     valid_ids: np.ndarray
     valid_labels: np.ndarray
+    train_teacher_scores: np.ndarray = None  # float32 [N, num_classes], with --teacher
 
 
 class ClassifyTask:
@@ -107,6 +112,7 @@ class ClassifyTask:
             train_labels=tables.label_ids(corpora.train, label_names, "--train_data"),
             valid_ids=valid_ids,
             valid_labels=tables.label_ids(corpora.valid, label_names, valid_flag),
+            train_teacher_scores=corpora.teacher_scores,
         )
 
     def describe(self, prepared):
@@ -122,15 +128,24 @@ class ClassifyTask:
         return build_classifier(backbone, len(config.labels), dropout=config.model.dropout, causal=causal)
 
     def compile_args(self, config):
-        del config
+        if config.train.teacher:
+            # Training targets are packed (label, teacher scores); validation's are labels alone.
+            return {
+                "loss": distillation.DistillationLoss(config.train.distill_temperature, config.train.distill_alpha),
+                "metrics": [distillation.accuracy_metric()],
+            }
         return {
             "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             "metrics": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         }
 
     def train_dataset(self, prepared, config, start_step, num_steps):
+        targets = prepared.train_labels
+        if prepared.train_teacher_scores is not None:
+            # [N, 1 + C] rows batch exactly as the labels would: batch k is still a function of (seed, k).
+            targets = distillation.packed_targets(prepared.train_labels, prepared.train_teacher_scores)
         return tables.classification_dataset(
-            prepared.train_ids, prepared.train_labels, config.train.batch_size, config.train.seed, start_step, num_steps
+            prepared.train_ids, targets, config.train.batch_size, config.train.seed, start_step, num_steps
         )
 
     def eval_dataset(self, prepared, config):

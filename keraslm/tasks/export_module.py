@@ -29,7 +29,12 @@ class ExportModule(tf.Module):
         self.model_variables = [tf_variable(variable) for variable in model.variables]
 
     def signatures(self):
-        """{signature name: concrete function} for tf.saved_model.save."""
+        """{signature name: tf.function with an input signature} for tf.saved_model.save.
+
+        The tf.functions, not concrete functions traced beforehand: tf.saved_model.save traces
+        every function again inside its save context (a different cache key), so a concrete
+        function traced outside it became a second copy of the whole graph in saved_model.pb.
+        """
         raise NotImplementedError
 
     def warmup_requests(self):

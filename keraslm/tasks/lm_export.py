@@ -88,9 +88,9 @@ class LanguageModelServer(ExportModule):
 
     def signatures(self):
         return {
-            "serving_default": self.serving_default.get_concrete_function(),
-            "generate": self.generate.get_concrete_function(),
-            "score": self.score.get_concrete_function(),
+            "serving_default": self.serving_default,
+            "generate": self.generate,
+            "score": self.score,
         }
 
     def warmup_requests(self):

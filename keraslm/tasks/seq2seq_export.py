@@ -71,8 +71,8 @@ class TranslatorServer(ExportModule):
 
     def signatures(self):
         return {
-            "serving_default": self.serving_default.get_concrete_function(),
-            "translate": self.translate.get_concrete_function(),
+            "serving_default": self.serving_default,
+            "translate": self.translate,
         }
 
     def warmup_requests(self):
